@@ -1,0 +1,22 @@
+"""NitroGen's networks: the slimmable U-Net and its gating predictor."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..config import NitroGenConfig
+from .gate import Gate
+from .ops import DenseOps, MacCounter, Ops
+from .unet import UNet
+
+
+class NitroGenModel(nn.Module):
+    """Everything a checkpoint holds: `unet.*` and `gate.*`."""
+
+    def __init__(self, config: NitroGenConfig):
+        super().__init__()
+        self.config = config
+        self.unet = UNet(config)
+        self.gate = Gate(config)
+
+
+__all__ = ["NitroGenModel", "UNet", "Gate", "Ops", "DenseOps", "MacCounter"]

@@ -1,0 +1,280 @@
+"""Deterministic DDIM sampling, full and adaptive: pure functions of (model, noise, labels, settings).
+
+Adaptive mode, per step (DESIGN §1.3):
+- Dense steps: the first `warmup` steps, every `refresh_every` steps after them, and whenever
+  the scheduled width changes (the activation cache belongs to one width).
+- Other steps ask the gate for each patch's predicted residual ||eps_fresh - eps_cached||.
+  A patch at or above the threshold is recomputed; below it, its cached eps is reused.
+  A patch skipped `max_skips` times in a row is recomputed anyway.
+- Exit: a block whose patches all stayed below the threshold for `exit_patience` gate calls in a
+  row is retired and never recomputed again. Exits happen only within the last width segment,
+  so no later width change can force a retired block back into a dense step.
+- Patches are merged into `block_size` blocks for execution; every patch of a computed block
+  gets its fresh eps, and the record's mask says exactly which patches were computed.
+- CFG: the conditional and unconditional halves share one mask; the gate sees the guided eps.
+- Budget: MACs per image never exceed budget * macs_full. A step that would overrun keeps only
+  the blocks that fit, highest predicted residual (or stalest) first; if nothing fits, the step
+  reuses every cached eps.
+- threshold 0: every patch is always recomputed and the gate is not run, so the result is
+  identical to `full` (same ops, same order).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .compute import ComputeRecord, StepRecord
+from .config import NitroGenConfig
+from .diffusion import Schedule, split_prediction
+from .errors import NitroGenInputError
+from .model import NitroGenModel
+from .sparse import ActivationCache, dense_forward, sparse_forward, step_costs
+
+MODES = ("full", "adaptive")
+LIMITS = {"steps": (1, 1000), "cfg": (0.0, 30.0), "threshold": (0.0, 100.0), "budget": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    steps: int = 20
+    cfg: float = 1.5              # classifier-free guidance scale; 1.0 runs no unconditional half
+    mode: str = "adaptive"
+    threshold: float = 0.05       # tau: predicted per-patch residual below which a patch is skipped
+    budget: float = 1.0           # max MACs per image, as a fraction of full compute
+    warmup: int = 2               # leading dense steps
+    refresh_every: int = 5        # a dense refresh every this many steps after warm-up (0: never)
+    max_skips: int = 3            # a patch skipped this many steps in a row is recomputed
+    exit_patience: int = 3        # gate calls in a row below threshold before a block exits (0: never)
+
+    def validate(self) -> "SamplerSettings":
+        """Raise NitroGenInputError naming the first bad value; return self."""
+        for name in ("steps", "warmup", "refresh_every", "max_skips", "exit_patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise NitroGenInputError(f"{name}={value!r} must be an integer")
+        for name in ("cfg", "threshold", "budget"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise NitroGenInputError(f"{name}={value!r} must be a finite number")
+        lo, hi = LIMITS["steps"]
+        if not lo <= self.steps <= hi:
+            raise NitroGenInputError(f"steps={self.steps} is out of range; allowed {lo}..{hi}")
+        lo, hi = LIMITS["cfg"]
+        if not lo <= self.cfg <= hi:
+            raise NitroGenInputError(f"cfg={self.cfg} is out of range; allowed {lo}..{hi}")
+        lo, hi = LIMITS["threshold"]
+        if not lo <= self.threshold <= hi:
+            raise NitroGenInputError(f"threshold={self.threshold} is out of range; allowed {lo}..{hi} (0 = full compute)")
+        if not 0.0 < self.budget <= 1.0:
+            raise NitroGenInputError(f"budget={self.budget} is out of range; allowed (0, 1] as a fraction of full compute")
+        if self.mode not in MODES:
+            raise NitroGenInputError(f"mode={self.mode!r} is not one of {MODES}")
+        if not 1 <= self.warmup <= self.steps:
+            raise NitroGenInputError(f"warmup={self.warmup} must be in 1..steps={self.steps}")
+        for name in ("refresh_every", "max_skips", "exit_patience"):
+            if getattr(self, name) < 0:
+                raise NitroGenInputError(f"{name}={getattr(self, name)} must be >= 0")
+        return self
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    images: torch.Tensor          # (B, C, H, W) in [-1, 1], float32, on the model's device
+    record: ComputeRecord
+
+
+def make_noise(config: NitroGenConfig, batch: int, seed: int) -> torch.Tensor:
+    """Deterministic starting noise (B, C, H, W), drawn on the CPU so every device gets the same bytes."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(batch, config.in_channels, config.image_size, config.image_size, generator=gen)
+
+
+def width_for_step(schedule: tuple[float, ...], step: int, steps: int) -> float:
+    """Step i of N uses schedule[i * K // N]: the K widths split the trajectory evenly."""
+    return schedule[step * len(schedule) // steps]
+
+
+def _patches_to_blocks(patch_mask: torch.Tensor, per_block: int) -> torch.Tensor:
+    """(B, Hp, Wp) bool -> (B, nb, nb): a block is active if any of its patches is."""
+    return F.max_pool2d(patch_mask[:, None].float(), per_block)[:, 0] > 0
+
+
+def _blocks_to_patches(block_mask: torch.Tensor, per_block: int) -> torch.Tensor:
+    return block_mask.repeat_interleave(per_block, 1).repeat_interleave(per_block, 2)
+
+
+def _blocks_to_pixels(block_mask: torch.Tensor, block_size: int) -> torch.Tensor:
+    return block_mask.repeat_interleave(block_size, 1).repeat_interleave(block_size, 2)[:, None]
+
+
+def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings,
+           width_schedule: tuple[float, ...] = (1.0,),
+           callback: Callable[[int, int, torch.Tensor], None] | None = None) -> SampleResult:
+    """Run the sampler. noise (B, C, H, W); labels (B,) class indices.
+
+    `callback(step, total, x0_preview)` is called after every step; raising from it aborts.
+    """
+    settings.validate()
+    cfg = model.config
+    B = noise.shape[0]
+    if tuple(noise.shape[1:]) != (cfg.in_channels, cfg.image_size, cfg.image_size):
+        raise NitroGenInputError(f"noise shape {tuple(noise.shape)} does not match the model's "
+                                 f"(B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})")
+    if labels.shape != (B,) or labels.min() < 0 or labels.max() >= cfg.num_classes:
+        raise NitroGenInputError(f"labels {labels.tolist()} must be {B} class indices in 0..{cfg.num_classes - 1}")
+    if not width_schedule or any(w not in cfg.widths for w in width_schedule):
+        raise NitroGenInputError(f"width schedule {width_schedule} must be non-empty widths from {cfg.widths}")
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    unet, gate = model.unet, model.gate
+    schedule = Schedule(cfg.train_timesteps)
+    timesteps = schedule.sampling_timesteps(settings.steps)
+    adaptive = settings.mode == "adaptive"
+    use_gate = adaptive and settings.threshold > 0
+    guided = settings.cfg != 1.0
+    halves = 2 if guided else 1
+
+    nb = cfg.image_size // cfg.block_size                 # blocks per side
+    per_block = cfg.block_size // cfg.patch_size         # patches per block side
+    grid = cfg.image_size // cfg.patch_size              # patches per side
+    widths = [width_for_step(width_schedule, i, settings.steps) for i in range(settings.steps)]
+    last_segment_start = max(i for i in range(settings.steps) if i == 0 or widths[i] != widths[i - 1])
+
+    # MAC accounting: full compute is the width-1.0 dense forward every step, both CFG halves.
+    full_cost = step_costs(unet, 1.0).dense * halves
+    macs_full = full_cost * settings.steps
+    budget_macs = math.floor(settings.budget * macs_full)
+    first_cost = step_costs(unet, widths[0]).dense * halves
+    if adaptive and budget_macs < first_cost:
+        raise NitroGenInputError(
+            f"budget={settings.budget} allows {budget_macs} MACs per image, below the first dense step's "
+            f"{first_cost}; use a budget >= {math.ceil(first_cost / macs_full * 1000) / 1000}")
+    gate_cost = gate.macs() if use_gate else 0
+
+    # Model batch = [cond | uncond]; labels == num_classes is the null class.
+    model_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else labels
+    model_labels = model_labels.to(device)
+
+    x = noise.to(device=device, dtype=torch.float32)                          # (B, C, H, W)
+    eps_cached = torch.zeros_like(x)
+    eps_delta = torch.zeros_like(x)
+    cache: ActivationCache | None = None
+    out_cached: torch.Tensor | None = None                                    # (Bm, C, H, W) model output
+    used = torch.zeros(B, dtype=torch.int64)
+    skip_run = torch.zeros(B, nb, nb, dtype=torch.int64)                     # steps since last computed
+    below_run = torch.zeros(B, nb, nb, dtype=torch.int64)                    # gate calls in a row below tau
+    exited = torch.zeros(B, nb, nb, dtype=torch.bool)
+    exited_at = torch.full((B, grid, grid), -1, dtype=torch.int32)
+    steps: list[StepRecord] = []
+
+    for i, t in enumerate(timesteps):
+        width = widths[i]
+        alpha, sigma = schedule.alpha_sigma(t)
+        alpha_prev, sigma_prev = schedule.alpha_sigma(timesteps[i + 1] if i + 1 < len(timesteps) else -1)
+        t_batch = torch.full((B * halves,), float(t), device=device)
+        step_macs = torch.zeros(B, dtype=torch.int64)
+
+        # -- decide which blocks to compute ---------------------------------------------
+        dense_due = (not adaptive or i < settings.warmup or cache is None or cache.width != width
+                     or (settings.refresh_every > 0 and (i - settings.warmup) % settings.refresh_every == 0))
+        priority = skip_run.float()                                           # stalest first when trimming
+        if dense_due or not use_gate:
+            want = ~exited
+        else:
+            remaining = budget_macs - used
+            can_gate = remaining >= gate_cost
+            want = torch.zeros(B, nb, nb, dtype=torch.bool)
+            if bool(can_gate.any()):
+                with torch.no_grad():
+                    r = gate(x.to(dtype), t_batch[:B].to(dtype), eps_cached.to(dtype), eps_delta.to(dtype))
+                r = r.float().cpu()                                           # (B, Hp, Wp)
+                r_block = F.max_pool2d(r[:, None], per_block)[:, 0]           # (B, nb, nb)
+                r_block = torch.where(can_gate[:, None, None], r_block, torch.zeros_like(r_block))
+                step_macs += gate_cost * can_gate.long()
+                below = r_block < settings.threshold
+                below_run = torch.where(below & can_gate[:, None, None], below_run + 1, torch.zeros_like(below_run))
+                if settings.exit_patience > 0 and i >= last_segment_start:
+                    newly = ~exited & (below_run >= settings.exit_patience)
+                    exited |= newly
+                    exited_at[_blocks_to_patches(newly, per_block)] = i
+                want = can_gate[:, None, None] & ~exited & (~below | (skip_run >= settings.max_skips))
+                priority = r_block + skip_run.float() * 1e-6                 # residual first, staleness breaks ties
+
+        # -- enforce the budget, per image ---------------------------------------------------
+        # A dense step (re)builds the cache at the scheduled width; anything less runs sparse
+        # at the cache's width. Either way no image may pass its budget.
+        remaining = budget_macs - used - step_macs
+        if _all(want) and bool((remaining >= step_costs(unet, width).dense * halves).all()):
+            blocks = want.clone()
+        else:
+            width = cache.width                                               # sparse steps reuse the cache's width
+            blocks = _trim_to_budget(want, priority, remaining, step_costs(unet, width), halves)
+        full_step = _all(blocks)
+
+        # -- run the network -----------------------------------------------------------------
+        x_in = x.to(dtype)
+        x_in = torch.cat([x_in, x_in]) if guided else x_in
+        if full_step:
+            out, cache, macs = dense_forward(unet, x_in, t_batch.to(dtype), model_labels, width)
+        elif blocks.any():
+            model_blocks = torch.cat([blocks, blocks]) if guided else blocks
+            out, macs = sparse_forward(unet, x_in, t_batch.to(dtype), model_labels, cache, model_blocks.to(device))
+        else:
+            out, macs = out_cached, torch.zeros(B * halves, dtype=torch.int64)
+        out_cached = out
+        macs = macs.view(halves, B).sum(0) if guided else macs
+        step_macs += macs
+        used += step_macs
+
+        # -- DDIM update: fresh eps where computed, cached eps elsewhere -----------------------
+        pred = out.float()
+        if guided:
+            cond, uncond = pred.chunk(2)
+            pred = uncond + settings.cfg * (cond - uncond)
+        fresh_eps, fresh_x0 = split_prediction(pred, x, alpha, sigma, cfg.prediction)
+        computed = _blocks_to_pixels(blocks, cfg.block_size).to(device)        # (B, 1, H, W)
+        eps_delta = torch.where(computed, fresh_eps - eps_cached, eps_delta)
+        eps_cached = torch.where(computed, fresh_eps, eps_cached)
+        x0 = torch.where(computed, fresh_x0, (x - sigma * eps_cached) / alpha)
+        x = alpha_prev * x0 + sigma_prev * eps_cached
+        skip_run = torch.where(blocks, torch.zeros_like(skip_run), skip_run + 1)
+
+        steps.append(StepRecord(index=i, timestep=t, width=width, dense=full_step,
+                                mask=_blocks_to_patches(blocks, per_block), macs=step_macs.clone()))
+        if callback is not None:
+            callback(i, settings.steps, x0)
+
+    if bool((used > budget_macs).any()) and adaptive:
+        raise RuntimeError(f"internal error: MACs per image {used.tolist()} exceeded the budget {budget_macs}")
+    record = ComputeRecord.build(cfg.image_size, cfg.patch_size, steps, macs_full, exited_at, settings.mode)
+    return SampleResult(images=x.clamp(-1, 1), record=record)
+
+
+def _all(mask: torch.Tensor) -> bool:
+    return bool(mask.all())
+
+
+def _trim_to_budget(want: torch.Tensor, priority: torch.Tensor, remaining: torch.Tensor, costs, halves: int
+                    ) -> torch.Tensor:
+    """Keep, per image, the highest-priority wanted blocks whose cost fits in `remaining` MACs."""
+    counts = want.flatten(1).sum(1)                                           # (B,)
+    affordable = torch.minimum(counts, costs.max_blocks(remaining // halves))
+    if bool((affordable == counts).all()):
+        return want.clone()
+    keep = torch.zeros_like(want)
+    for b in range(want.shape[0]):
+        n = int(affordable[b])
+        if n == 0:
+            continue
+        score = torch.where(want[b], priority[b], torch.full_like(priority[b], -math.inf)).flatten()
+        keep[b].view(-1)[score.topk(n).indices] = True
+    return keep

@@ -1,0 +1,299 @@
+"""Sparse execution of the U-Net on active blocks (SIGE-style: gather, conv, scatter).
+
+A dense step records every op's output into an activation cache. A sparse step walks the
+same network; at each op of a sparse level it gathers the active blocks plus the conv's
+halo from the cached inputs, runs the conv "valid" on that small batch, and scatters the
+result into the op's cached output. Ops at dense levels (low resolution, attention) run on
+the samples that have any active block. Blocks are `config.block_size` image pixels square
+at every level, so one block mask (Bm, nb, nb) drives every sparse level.
+
+Approximations, against a dense forward of the same input (measured in tests/test_sparse.py
+and by `bench_sparse`):
+- Inactive positions keep the activations of the last time they were computed, and an
+  active block's halo reads them as they are (the core approximation: stale context).
+- GroupNorm statistics are taken over the current cached tensor, i.e. fresh values in
+  active blocks and stale values elsewhere. With every block active this is exact.
+- The cache is tied to one width; a width change forces a dense step.
+
+Every cached tensor is stored with a one-pixel zero border, so 3x3 windows at the image edge
+are plain reads (no padded copies per op).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._kernels import load_kernels
+from .model.layers import SlimConv2d, SlimGroupNorm
+from .model.ops import DenseOps, MacCounter, Ops, dense_attention, dense_conv
+from .model.unet import UNet
+
+BORDER = 1  # zero border around every cached buffer, enough for 3x3 convs
+
+
+class Padded:
+    """A cached activation: buffer (B, C, H+2, W+2) whose border is zero."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self, buf: torch.Tensor):
+        self.buf = buf
+
+    @classmethod
+    def wrap(cls, x: torch.Tensor) -> "Padded":
+        return cls(F.pad(x, (BORDER,) * 4))
+
+    @property
+    def interior(self) -> torch.Tensor:
+        return self.buf[:, :, BORDER:-BORDER, BORDER:-BORDER]
+
+    @property
+    def channels(self) -> int:
+        return self.buf.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.buf.shape[2] - 2 * BORDER
+
+
+@dataclass
+class ActivationCache:
+    """Every op's last output, in call order, as zero-bordered buffers, for one width."""
+    width: float
+    outputs: list[Padded]
+
+
+def dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float
+                  ) -> tuple[torch.Tensor, ActivationCache, torch.Tensor]:
+    """Full forward that also fills the activation cache. Returns (out, cache, MACs per sample)."""
+    ops = DenseOps(x.shape[0], record=True)
+    with torch.no_grad():
+        out = unet(x, t, labels, width, ops)
+    cache = ActivationCache(width, [Padded.wrap(y) for y in ops.outputs])
+    return out, cache, ops.counter.per_sample
+
+
+def group_affine(norm: SlimGroupNorm, inputs: Sequence[Padded], width: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold GroupNorm statistics of the current (cached) inputs and the width's affine into
+    per-sample, per-channel scale and shift, (B, Cin) each, so a gather can apply them."""
+    scales, shifts = [], []
+    weight, bias = norm.affine_at([p.channels for p in inputs], width)
+    for p in inputs:
+        x = p.interior                                                     # (B, C, H, W)
+        B, C = x.shape[:2]
+        groups = x.reshape(B, C // norm.group_channels, -1)                # (B, G, C/G*H*W)
+        var, mean = torch.var_mean(groups, dim=2, unbiased=False)          # (B, G)
+        rstd = torch.rsqrt(var + norm.eps)
+        scales.append(rstd.repeat_interleave(norm.group_channels, dim=1))  # (B, C)
+        shifts.append((-mean * rstd).repeat_interleave(norm.group_channels, dim=1))
+    scale, shift = torch.cat(scales, 1), torch.cat(shifts, 1)
+    return scale * weight, shift * weight + bias
+
+
+class SparseOps(Ops):
+    """Executes one sparse step against an activation cache, updating it in place."""
+
+    def __init__(self, unet: UNet, cache: ActivationCache, block_mask: torch.Tensor):
+        cfg = unet.cfg
+        self.cfg, self.cache, self.kernels = cfg, cache, load_kernels().backend_for(block_mask.device.type)
+        self.next_op = 0
+        self.img, self.by, self.bx = block_mask.nonzero(as_tuple=True)     # (n,) each: active blocks
+        self.rows = block_mask.flatten(1).any(1).nonzero(as_tuple=True)[0]  # (Ba,) samples with work
+        self.counter = MacCounter(block_mask.shape[0], self.rows)
+        self._valid: dict[tuple, torch.Tensor] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def _level(self, size: int) -> int:
+        return (self.cfg.image_size // size).bit_length() - 1
+
+    def _cached_output(self) -> Padded:
+        out = self.cache.outputs[self.next_op]
+        self.next_op += 1
+        return out
+
+    def _valid_mask(self, size: int, step: int, offset: int, extent: int) -> torch.Tensor:
+        """(n, 1, size, size) mask of window positions inside the image (padded coords 1..extent)."""
+        key = (size, step, offset, extent)
+        if key not in self._valid:
+            nb = self.cfg.image_size // self.cfg.block_size
+            pos = offset + torch.arange(nb)[:, None] * step + torch.arange(size)[None]       # (nb, size)
+            inside = (pos >= BORDER) & (pos < extent + BORDER)
+            grid = inside[:, None, :, None] & inside[None, :, None, :]                        # (nb, nb, size, size)
+            self._valid[key] = grid.to(self.img.device)[self.by, self.bx][:, None].float()    # (n, 1, size, size)
+        return self._valid[key]
+
+    def _as_padded(self, x) -> Padded:
+        return x if isinstance(x, Padded) else Padded.wrap(x)
+
+    # -- Ops interface -------------------------------------------------------------------
+    def conv(self, layer: SlimConv2d, inputs, width, *, norm=None, bias=None, residual=None,
+             residual_conv=None, upsample=False):
+        inputs = [self._as_padded(x) for x in inputs]
+        residual = None if residual is None else [self._as_padded(x) for x in residual]
+        out = self._cached_output()
+        if self._level(out.size) in self.cfg.sparse_levels:
+            self._sparse_conv(out, layer, inputs, width, norm, bias, residual, residual_conv, upsample)
+        else:
+            self._dense_on_active_samples(out, lambda xs, rs, b: dense_conv(
+                layer, xs, width, norm, b, rs, residual_conv, upsample), inputs, residual, bias)
+        return out
+
+    def attention(self, block, x, width):
+        out = self._cached_output()
+        self._dense_on_active_samples(out, lambda xs, rs, b: dense_attention(block, xs[0], width),
+                                      [self._as_padded(x)], None, None)
+        return out
+
+    def _dense_on_active_samples(self, out: Padded, run, inputs, residual, bias) -> None:
+        idx = self.rows
+        if len(idx) == 0:
+            return
+        xs = [p.interior[idx] for p in inputs]
+        rs = None if residual is None else [p.interior[idx] for p in residual]
+        y, macs = run(xs, rs, None if bias is None else bias[idx])
+        out.interior[idx] = y
+        self.counter.add(macs, idx)
+
+    def _sparse_conv(self, out: Padded, layer: SlimConv2d, inputs: list[Padded], width: float,
+                     norm: SlimGroupNorm | None, bias: torch.Tensor | None,
+                     residual: list[Padded] | None, residual_conv: SlimConv2d | None, upsample: bool) -> None:
+        if len(self.img) == 0:
+            return
+        k = self.kernels
+        level = self._level(out.size)
+        block = self.cfg.block_size >> level                      # output block edge at this level
+        in_active = [p.channels for p in inputs]
+        # Where each output block's receptive window starts and how big it is, in input coords.
+        if upsample:       # nearest x2 then 3x3: read a (block/2 + 2) low-res window, upsample, crop to block + 2
+            size, step, offset = block // 2 + 2, block // 2, 0
+        elif layer.stride == 2:
+            size, step, offset = 2 * block + 1, 2 * block, 0
+        else:
+            size, step, offset = block + layer.kernel_size - 1, block, BORDER - layer.padding
+        if norm is not None:
+            if upsample:
+                raise ValueError("norm before an upsampling conv is not supported by the sparse executor")
+            scale, shift = group_affine(norm, inputs, width)     # (B, Cin) each
+            valid = self._valid_mask(size, step, offset, inputs[0].size)
+            parts, c0 = [], 0
+            for p in inputs:
+                c1 = c0 + p.channels
+                parts.append(k.gather(p.buf, self.img, self.by, self.bx, size=size, step=step, offset=offset,
+                                      scale=scale[:, c0:c1], shift=shift[:, c0:c1], valid=valid))
+                c0 = c1
+        else:
+            parts = [k.gather(p.buf, self.img, self.by, self.bx, size=size, step=step, offset=offset)
+                     for p in inputs]
+        x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]  # (n, Cin, size, size)
+        if upsample:
+            x = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)[:, :, 1:-1, 1:-1]  # (n, Cin, block+2, block+2)
+        weight, b = layer.params_at(in_active, width)
+        y = F.conv2d(x, weight, b, stride=layer.stride)          # (n, Cout, block, block)
+        macs = layer.macs_per_pixel(in_active, width) * block * block
+        if bias is not None:
+            y = y + bias[self.img][:, :, None, None]
+        res = None
+        if residual is not None:
+            r_parts = [k.gather(p.buf, self.img, self.by, self.bx, size=block, step=block, offset=BORDER)
+                       for p in residual]
+            res = torch.cat(r_parts, 1) if len(r_parts) > 1 else r_parts[0]   # (n, Cr, block, block)
+            if residual_conv is not None:
+                r_active = [p.channels for p in residual]
+                rw, rb = residual_conv.params_at(r_active, width)
+                res = F.conv2d(res, rw, rb)
+                macs += residual_conv.macs_per_pixel(r_active, width) * block * block
+        k.scatter(out.buf, y, self.img, self.by, self.bx, offset=BORDER, residual=res)
+        self.counter.add(macs, self.img)
+
+
+def sparse_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                   cache: ActivationCache, block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recompute the active blocks. x (Bm, C, H, W); block_mask (Bm, nb, nb) bool.
+
+    Updates `cache` in place and returns (out (Bm, C, H, W), MACs per sample (Bm,)).
+    Outside the active blocks, out equals the cached output.
+    """
+    ops = SparseOps(unet, cache, block_mask)
+    with torch.no_grad():
+        out = unet(x, t, labels, cache.width, ops)
+    if ops.next_op != len(cache.outputs):
+        raise RuntimeError(f"sparse step visited {ops.next_op} ops but the cache holds {len(cache.outputs)}")
+    return out.interior.clone(), ops.counter.per_sample
+
+
+class MaskedDenseOps(SparseOps):
+    """The dense reference of a sparse step: every sparse-level op runs densely on the current
+    cached inputs and only its active blocks are kept. Same semantics as SparseOps, no gathers;
+    used by tests to pin the sparse executor down exactly."""
+
+    def _sparse_conv(self, out, layer, inputs, width, norm, bias, residual, residual_conv, upsample):
+        xs = [p.interior for p in inputs]
+        rs = None if residual is None else [p.interior for p in residual]
+        y, _ = dense_conv(layer, xs, width, norm, bias, rs, residual_conv, upsample)   # (B, Cout, H, W)
+        block = self.cfg.block_size >> self._level(out.size)
+        keep = torch.zeros(out.buf.shape[0], *(2 * [self.cfg.image_size // self.cfg.block_size]), dtype=torch.bool)
+        keep[self.img, self.by, self.bx] = True
+        keep = keep.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, None]      # (B, 1, H, W)
+        out.interior.copy_(torch.where(keep, y, out.interior))
+
+
+def masked_dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                         cache: ActivationCache, block_mask: torch.Tensor) -> torch.Tensor:
+    """What `sparse_forward` must return, computed densely. Updates `cache` in place."""
+    ops = MaskedDenseOps(unet, cache, block_mask)
+    with torch.no_grad():
+        out = unet(x, t, labels, cache.width, ops)
+    return out.interior.clone()
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """MACs per sample of one step at one width: `dense`, or base + n * per_block for n > 0 blocks."""
+    dense: int
+    base: int
+    per_block: int
+    blocks: int            # blocks per image
+
+    def of(self, n: torch.Tensor | int) -> torch.Tensor:
+        n = torch.as_tensor(n, dtype=torch.int64)
+        return torch.where(n > 0, self.base + n * self.per_block, torch.zeros_like(n))
+
+    def max_blocks(self, macs: torch.Tensor) -> torch.Tensor:
+        """Most blocks per sample affordable within `macs` (B,) MACs."""
+        n = (macs - self.base).div(self.per_block, rounding_mode="floor")
+        return n.clamp(0, self.blocks)
+
+
+_COSTS: dict[tuple[int, float], StepCosts] = {}
+
+
+def step_costs(unet: UNet, width: float) -> StepCosts:
+    """Measure the cost model by running the executor itself on 0, 1 and 2 active blocks.
+
+    Reading the counts from real (tiny) executions keeps one source of truth for MACs: the
+    executor. Memoised per network instance and width.
+    """
+    key = (id(unet), width)
+    if key not in _COSTS:
+        cfg = unet.cfg
+        nb = cfg.image_size // cfg.block_size
+        if nb * nb < 2:
+            raise ValueError(f"image_size/block_size={nb} gives fewer than 2 blocks; sparse execution needs more")
+        p = next(unet.parameters())
+        x = torch.zeros(3, cfg.in_channels, cfg.image_size, cfg.image_size, device=p.device, dtype=p.dtype)
+        t = torch.zeros(3, device=p.device, dtype=p.dtype)
+        labels = torch.zeros(3, dtype=torch.long, device=p.device)
+        _, cache, dense = dense_forward(unet, x, t, labels, width)
+        mask = torch.zeros(3, nb * nb, dtype=torch.bool, device=p.device)
+        mask[1, :1] = mask[2, :2] = True
+        _, macs = sparse_forward(unet, x, t, labels, cache, mask.view(3, nb, nb))
+        per_block = int(macs[2] - macs[1])
+        costs = StepCosts(dense=int(dense[0]), base=int(macs[1]) - per_block, per_block=per_block, blocks=nb * nb)
+        if int(macs[0]) != 0 or costs.base + nb * nb * per_block != costs.dense:
+            raise RuntimeError(f"MAC accounting is inconsistent at width {width}: {macs.tolist()} vs dense {costs.dense}")
+        _COSTS[key] = costs
+    return _COSTS[key]
