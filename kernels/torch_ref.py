@@ -1,7 +1,9 @@
 """Torch reference of the sparse ops: the CPU path, and the ground truth for other backends.
 
-Windows are read through `unfold` views of a zero-bordered buffer, so a gather copies
-only the active windows and never pads the whole tensor.
+Buffers are channels-last (B, H, W, C) with a zero border, so one pixel is one contiguous row
+of C values. A window is then a gather of pixel rows (`index_select`), which on CPU is ~50x
+faster than advanced indexing into an NCHW `unfold` view (measured: 0.2 ms vs 12 ms for 128
+windows of 10x10x96), and the conv consumes the result as a channels-last NCHW view.
 """
 from __future__ import annotations
 
@@ -9,36 +11,48 @@ import torch
 import torch.nn.functional as F
 
 
+def window_rows(img: torch.Tensor, by: torch.Tensor, bx: torch.Tensor, *, size: int, step: int, offset: int,
+                height: int, width: int) -> torch.Tensor:
+    """Flat pixel-row indices (n*size*size,) of the windows into a (B*height*width, C) view."""
+    r = torch.arange(size, device=img.device)
+    rows = offset + by[:, None] * step + r                                  # (n, size)
+    cols = offset + bx[:, None] * step + r                                  # (n, size)
+    return ((img[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]).reshape(-1)
+
+
 def gather(src: torch.Tensor, img: torch.Tensor, by: torch.Tensor, bx: torch.Tensor, *, size: int, step: int,
            offset: int, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
            valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Copy square windows out of `src`, optionally applying a fused affine norm + SiLU.
+    """Copy square windows out of a channels-last buffer, optionally with a fused affine norm + SiLU.
 
-    src (B, C, Hs, Ws); img, by, bx (n,) int64. Window i is
-    src[img[i], :, offset + by[i]*step : +size, offset + bx[i]*step : +size].
-    With scale/shift (B, C): out = silu(out * scale[img] + shift[img]) * valid, where
-    valid (n, 1, size, size) zeroes the positions outside the image (the conv's zero padding
-    applies after the norm, so the border must be re-zeroed after it).
-    Returns (n, C, size, size).
+    src (B, Hs, Ws, C); img, by, bx (n,) int64. Window i covers rows
+    offset + by[i]*step + [0, size) and the same for columns, of sample img[i].
+    With scale/shift (B, C): out = silu(out * scale[img] + shift[img]) * valid, where valid
+    (n, size, size, 1) zeroes positions outside the image: the conv's zero padding applies
+    after the norm, so the border must be re-zeroed after it.
+    Returns (n, C, size, size), a channels-last view.
     """
-    windows = src[:, :, offset:, offset:].unfold(2, size, step).unfold(3, size, step)  # (B, C, nby, nbx, s, s)
-    out = windows[img, :, by, bx]                                                     # (n, C, s, s)
-    if scale is None:
-        return out
-    out = torch.addcmul(shift[img][:, :, None, None], out, scale[img][:, :, None, None])
-    out = F.silu(out)
-    return out * valid if valid is not None else out
+    B, Hs, Ws, C = src.shape
+    idx = window_rows(img, by, bx, size=size, step=step, offset=offset, height=Hs, width=Ws)
+    out = src.reshape(-1, C).index_select(0, idx).view(-1, size * size, C)        # (n, s*s, C)
+    if scale is not None:
+        out = torch.addcmul(shift[img][:, None, :], out, scale[img][:, None, :])
+        out = F.silu(out)
+        if valid is not None:
+            out = out * valid.view(-1, size * size, 1)
+    return out.view(-1, size, size, C).permute(0, 3, 1, 2)
 
 
 def scatter(dst: torch.Tensor, y: torch.Tensor, img: torch.Tensor, by: torch.Tensor, bx: torch.Tensor, *,
             offset: int, residual: torch.Tensor | None = None) -> None:
-    """Write blocks into `dst` in place, optionally adding a residual first.
+    """Write blocks into a channels-last buffer in place, optionally adding a residual first.
 
-    dst (B, C, Hd, Wd); y and residual (n, C, b, b). Block i lands at
-    dst[img[i], :, offset + by[i]*b : +b, offset + bx[i]*b : +b]. Blocks must not overlap.
+    dst (B, Hd, Wd, C); y and residual (n, C, b, b) in any memory format. Block i lands at rows
+    offset + by[i]*b + [0, b) and the same for columns, of sample img[i]. Blocks must not overlap.
     """
+    B, Hd, Wd, C = dst.shape
     b = y.shape[-1]
     if residual is not None:
         y = y + residual
-    blocks = dst[:, :, offset:, offset:].unfold(2, b, b).unfold(3, b, b)                # (B, C, nby, nbx, b, b)
-    blocks[img, :, by, bx] = y
+    idx = window_rows(img, by, bx, size=b, step=b, offset=offset, height=Hd, width=Wd)
+    dst.view(-1, C).index_copy_(0, idx, y.permute(0, 2, 3, 1).reshape(-1, C))

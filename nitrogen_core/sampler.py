@@ -45,7 +45,7 @@ class SamplerSettings:
     mode: str = "adaptive"
     threshold: float = 0.05       # tau: predicted per-patch residual below which a patch is skipped
     budget: float = 1.0           # max MACs per image, as a fraction of full compute
-    warmup: int = 2               # leading dense steps
+    warmup: int = 2               # leading dense steps (all of them if steps <= warmup)
     refresh_every: int = 5        # a dense refresh every this many steps after warm-up (0: never)
     max_skips: int = 3            # a patch skipped this many steps in a row is recomputed
     exit_patience: int = 3        # gate calls in a row below threshold before a block exits (0: never)
@@ -73,8 +73,8 @@ class SamplerSettings:
             raise NitroGenInputError(f"budget={self.budget} is out of range; allowed (0, 1] as a fraction of full compute")
         if self.mode not in MODES:
             raise NitroGenInputError(f"mode={self.mode!r} is not one of {MODES}")
-        if not 1 <= self.warmup <= self.steps:
-            raise NitroGenInputError(f"warmup={self.warmup} must be in 1..steps={self.steps}")
+        if self.warmup < 1:
+            raise NitroGenInputError(f"warmup={self.warmup} must be >= 1 (the first step is always dense)")
         for name in ("refresh_every", "max_skips", "exit_patience"):
             if getattr(self, name) < 0:
                 raise NitroGenInputError(f"{name}={getattr(self, name)} must be >= 0")

@@ -15,11 +15,12 @@ and by `bench_sparse`):
   active blocks and stale values elsewhere. With every block active this is exact.
 - The cache is tied to one width; a width change forces a dense step.
 
-Every cached tensor is stored with a one-pixel zero border, so 3x3 windows at the image edge
-are plain reads (no padded copies per op).
+Every cached tensor is stored channels-last with a one-pixel zero border, so a window is a
+gather of contiguous pixel rows and 3x3 windows at the image edge need no padded copies.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -35,7 +36,7 @@ BORDER = 1  # zero border around every cached buffer, enough for 3x3 convs
 
 
 class Padded:
-    """A cached activation: buffer (B, C, H+2, W+2) whose border is zero."""
+    """A cached activation: channels-last buffer (B, H+2, W+2, C) whose border is zero."""
 
     __slots__ = ("buf",)
 
@@ -44,19 +45,21 @@ class Padded:
 
     @classmethod
     def wrap(cls, x: torch.Tensor) -> "Padded":
-        return cls(F.pad(x, (BORDER,) * 4))
+        """From an NCHW tensor (B, C, H, W)."""
+        return cls(F.pad(x, (BORDER,) * 4).permute(0, 2, 3, 1).contiguous())
 
     @property
     def interior(self) -> torch.Tensor:
-        return self.buf[:, :, BORDER:-BORDER, BORDER:-BORDER]
+        """NCHW view (B, C, H, W) of the buffer's inside."""
+        return self.buf[:, BORDER:-BORDER, BORDER:-BORDER, :].permute(0, 3, 1, 2)
 
     @property
     def channels(self) -> int:
-        return self.buf.shape[1]
+        return self.buf.shape[3]
 
     @property
     def size(self) -> int:
-        return self.buf.shape[2] - 2 * BORDER
+        return self.buf.shape[1] - 2 * BORDER
 
 
 @dataclass
@@ -83,10 +86,12 @@ def group_affine(norm: SlimGroupNorm, inputs: Sequence[Padded], width: float
     scales, shifts = [], []
     weight, bias = norm.affine_at([p.channels for p in inputs], width)
     for p in inputs:
-        x = p.interior                                                     # (B, C, H, W)
-        B, C = x.shape[:2]
-        groups = x.reshape(B, C // norm.group_channels, -1)                # (B, G, C/G*H*W)
-        var, mean = torch.var_mean(groups, dim=2, unbiased=False)          # (B, G)
+        B, Hp, Wp, C = p.buf.shape
+        groups = p.buf.view(B, Hp * Wp, C // norm.group_channels, norm.group_channels)  # (B, HpWp, G, gc)
+        # The zero border adds nothing to the sums, so they equal the interior's.
+        count = p.size * p.size * norm.group_channels
+        mean = groups.sum(dim=(1, 3)) / count                              # (B, G)
+        var = (groups.square().sum(dim=(1, 3)) / count - mean.square()).clamp(min=0)
         rstd = torch.rsqrt(var + norm.eps)
         scales.append(rstd.repeat_interleave(norm.group_channels, dim=1))  # (B, C)
         shifts.append((-mean * rstd).repeat_interleave(norm.group_channels, dim=1))
@@ -123,7 +128,7 @@ class SparseOps(Ops):
             pos = offset + torch.arange(nb)[:, None] * step + torch.arange(size)[None]       # (nb, size)
             inside = (pos >= BORDER) & (pos < extent + BORDER)
             grid = inside[:, None, :, None] & inside[None, :, None, :]                        # (nb, nb, size, size)
-            self._valid[key] = grid.to(self.img.device)[self.by, self.bx][:, None].float()    # (n, 1, size, size)
+            self._valid[key] = grid.to(self.img.device)[self.by, self.bx][..., None].float()  # (n, size, size, 1)
         return self._valid[key]
 
     def _as_padded(self, x) -> Padded:
@@ -189,10 +194,10 @@ class SparseOps(Ops):
             parts = [k.gather(p.buf, self.img, self.by, self.bx, size=size, step=step, offset=offset)
                      for p in inputs]
         x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]  # (n, Cin, size, size)
-        if upsample:
+        if upsample:       # nearest x2 of the low-res window, cropped to the conv's window
             x = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)[:, :, 1:-1, 1:-1]  # (n, Cin, block+2, block+2)
         weight, b = layer.params_at(in_active, width)
-        y = F.conv2d(x, weight, b, stride=layer.stride)          # (n, Cout, block, block)
+        y = F.conv2d(x, weight, b, stride=layer.stride)          # (n, Cout, block, block), channels-last
         macs = layer.macs_per_pixel(in_active, width) * block * block
         if bias is not None:
             y = y + bias[self.img][:, :, None, None]
@@ -268,7 +273,7 @@ class StepCosts:
         return n.clamp(0, self.blocks)
 
 
-_COSTS: dict[tuple[int, float], StepCosts] = {}
+_COSTS: "weakref.WeakKeyDictionary[UNet, dict[float, StepCosts]]" = weakref.WeakKeyDictionary()
 
 
 def step_costs(unet: UNet, width: float) -> StepCosts:
@@ -277,8 +282,8 @@ def step_costs(unet: UNet, width: float) -> StepCosts:
     Reading the counts from real (tiny) executions keeps one source of truth for MACs: the
     executor. Memoised per network instance and width.
     """
-    key = (id(unet), width)
-    if key not in _COSTS:
+    per_width = _COSTS.setdefault(unet, {})
+    if width not in per_width:
         cfg = unet.cfg
         nb = cfg.image_size // cfg.block_size
         if nb * nb < 2:
@@ -295,5 +300,5 @@ def step_costs(unet: UNet, width: float) -> StepCosts:
         costs = StepCosts(dense=int(dense[0]), base=int(macs[1]) - per_block, per_block=per_block, blocks=nb * nb)
         if int(macs[0]) != 0 or costs.base + nb * nb * per_block != costs.dense:
             raise RuntimeError(f"MAC accounting is inconsistent at width {width}: {macs.tolist()} vs dense {costs.dense}")
-        _COSTS[key] = costs
-    return _COSTS[key]
+        per_width[width] = costs
+    return per_width[width]
