@@ -37,9 +37,9 @@ def gather(src: torch.Tensor, img: torch.Tensor, by: torch.Tensor, bx: torch.Ten
     out = src.reshape(-1, C).index_select(0, idx).view(-1, size * size, C)        # (n, s*s, C)
     if scale is not None:
         out = torch.addcmul(shift[img][:, None, :], out, scale[img][:, None, :])
-        out = F.silu(out)
+        F.silu(out, inplace=True)
         if valid is not None:
-            out = out * valid.view(-1, size * size, 1)
+            out.mul_(valid.view(-1, size * size, 1))
     return out.view(-1, size, size, C).permute(0, 3, 1, 2)
 
 

@@ -35,6 +35,7 @@ from .model import NitroGenModel
 from .sparse import ActivationCache, dense_forward, sparse_forward, step_costs
 
 MODES = ("full", "adaptive")
+MAX_BATCH = 64
 LIMITS = {"steps": (1, 1000), "cfg": (0.0, 30.0), "threshold": (0.0, 100.0), "budget": (0.0, 1.0)}
 
 
@@ -98,7 +99,10 @@ def make_noise(config: NitroGenConfig, batch: int, seed: int) -> torch.Tensor:
 
 
 def width_for_step(schedule: tuple[float, ...], step: int, steps: int) -> float:
-    """Step i of N uses schedule[i * K // N]: the K widths split the trajectory evenly."""
+    """Step i of N uses schedule[i * K // N]: the K widths split the trajectory evenly.
+
+    A run with fewer steps than schedule entries samples the schedule at its steps, so it
+    may skip entries (e.g. 4 widths over 2 steps use entries 0 and 2)."""
     return schedule[step * len(schedule) // steps]
 
 
@@ -128,8 +132,12 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     if tuple(noise.shape[1:]) != (cfg.in_channels, cfg.image_size, cfg.image_size):
         raise NitroGenInputError(f"noise shape {tuple(noise.shape)} does not match the model's "
                                  f"(B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})")
-    if labels.shape != (B,) or labels.min() < 0 or labels.max() >= cfg.num_classes:
-        raise NitroGenInputError(f"labels {labels.tolist()} must be {B} class indices in 0..{cfg.num_classes - 1}")
+    if not 1 <= B <= MAX_BATCH:
+        raise NitroGenInputError(f"batch {B} is out of range; allowed 1..{MAX_BATCH}")
+    if labels.dtype not in (torch.int32, torch.int64) or labels.shape != (B,) \
+            or labels.min() < 0 or labels.max() >= cfg.num_classes:
+        raise NitroGenInputError(f"labels {labels.tolist()} ({labels.dtype}) must be {B} integer class indices "
+                                 f"in 0..{cfg.num_classes - 1}")
     if not width_schedule or any(w not in cfg.widths for w in width_schedule):
         raise NitroGenInputError(f"width schedule {width_schedule} must be non-empty widths from {cfg.widths}")
 
@@ -154,7 +162,10 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     macs_full = full_cost * settings.steps
     budget_macs = math.floor(settings.budget * macs_full)
     first_cost = step_costs(unet, widths[0]).dense * halves
-    if adaptive and budget_macs < first_cost:
+    if not adaptive and settings.budget < 1.0:
+        raise NitroGenInputError(f"budget={settings.budget} applies to adaptive mode; mode='full' always "
+                                 f"computes everything (use budget=1.0 or mode='adaptive')")
+    if budget_macs < first_cost:
         raise NitroGenInputError(
             f"budget={settings.budget} allows {budget_macs} MACs per image, below the first dense step's "
             f"{first_cost}; use a budget >= {math.ceil(first_cost / macs_full * 1000) / 1000}")
@@ -190,23 +201,24 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         if dense_due or not use_gate:
             want = ~exited
         else:
-            remaining = budget_macs - used
-            can_gate = remaining >= gate_cost
+            can_gate = (budget_macs - used) >= gate_cost                      # (B,) images that can afford the gate
+            rows = can_gate.nonzero(as_tuple=True)[0]
             want = torch.zeros(B, nb, nb, dtype=torch.bool)
-            if bool(can_gate.any()):
+            if len(rows):
                 with torch.no_grad():
-                    r = gate(x.to(dtype), t_batch[:B].to(dtype), eps_cached.to(dtype), eps_delta.to(dtype))
-                r = r.float().cpu()                                           # (B, Hp, Wp)
-                r_block = F.max_pool2d(r[:, None], per_block)[:, 0]           # (B, nb, nb)
-                r_block = torch.where(can_gate[:, None, None], r_block, torch.zeros_like(r_block))
-                step_macs += gate_cost * can_gate.long()
-                below = r_block < settings.threshold
-                below_run = torch.where(below & can_gate[:, None, None], below_run + 1, torch.zeros_like(below_run))
+                    r = gate(x[rows].to(dtype), t_batch[rows].to(dtype), eps_cached[rows].to(dtype),
+                             eps_delta[rows].to(dtype)).float().cpu()              # (Bg, Hp, Wp)
+                r_block = torch.zeros(B, nb, nb)
+                r_block[rows] = F.max_pool2d(r[:, None], per_block)[:, 0]     # (B, nb, nb): worst patch per block
+                step_macs[rows] += gate_cost
+                gated = can_gate[:, None, None]
+                below = gated & (r_block < settings.threshold)
+                below_run = torch.where(below, below_run + 1, torch.zeros_like(below_run))
                 if settings.exit_patience > 0 and i >= last_segment_start:
                     newly = ~exited & (below_run >= settings.exit_patience)
                     exited |= newly
                     exited_at[_blocks_to_patches(newly, per_block)] = i
-                want = can_gate[:, None, None] & ~exited & (~below | (skip_run >= settings.max_skips))
+                want = gated & ~exited & (~below | (skip_run >= settings.max_skips))
                 priority = r_block + skip_run.float() * 1e-6                 # residual first, staleness breaks ties
 
         # -- enforce the budget, per image ---------------------------------------------------
@@ -253,7 +265,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         if callback is not None:
             callback(i, settings.steps, x0)
 
-    if bool((used > budget_macs).any()) and adaptive:
+    if bool((used > budget_macs).any()):
         raise RuntimeError(f"internal error: MACs per image {used.tolist()} exceeded the budget {budget_macs}")
     record = ComputeRecord.build(cfg.image_size, cfg.patch_size, steps, macs_full, exited_at, settings.mode)
     return SampleResult(images=x.clamp(-1, 1), record=record)

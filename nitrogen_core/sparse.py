@@ -36,12 +36,33 @@ BORDER = 1  # zero border around every cached buffer, enough for 3x3 convs
 
 
 class Padded:
-    """A cached activation: channels-last buffer (B, H+2, W+2, C) whose border is zero."""
+    """A cached activation: channels-last buffer (B, H+2, W+2, C) whose border is zero.
 
-    __slots__ = ("buf",)
+    `sums` holds per-sample, per-channel (sum x, sum x^2) over the inside, float64 (B, C) each,
+    once a GroupNorm has asked for them; sparse writes keep them current incrementally, so
+    GroupNorm statistics of the current tensor cost O(active area) instead of O(image).
+    """
+
+    __slots__ = ("buf", "sums")
 
     def __init__(self, buf: torch.Tensor):
         self.buf = buf
+        self.sums: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def channel_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sums is None:
+            B, Hp, Wp, C = self.buf.shape
+            flat = self.buf.view(B, Hp * Wp, C)                 # the zero border adds nothing
+            self.sums = (flat.sum(1, dtype=torch.float64), flat.square().sum(1, dtype=torch.float64))
+        return self.sums
+
+    def update_sums(self, img: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
+        """Account for blocks of sample img[i] changing from old[i] to new[i], (n, C, b, b) each."""
+        if self.sums is None:
+            return
+        s1, s2 = self.sums
+        s1.index_add_(0, img, (new.sum((2, 3)) - old.sum((2, 3))).double())
+        s2.index_add_(0, img, (new.square().sum((2, 3)) - old.square().sum((2, 3))).double())
 
     @classmethod
     def wrap(cls, x: torch.Tensor) -> "Padded":
@@ -86,13 +107,13 @@ def group_affine(norm: SlimGroupNorm, inputs: Sequence[Padded], width: float
     scales, shifts = [], []
     weight, bias = norm.affine_at([p.channels for p in inputs], width)
     for p in inputs:
-        B, Hp, Wp, C = p.buf.shape
-        groups = p.buf.view(B, Hp * Wp, C // norm.group_channels, norm.group_channels)  # (B, HpWp, G, gc)
-        # The zero border adds nothing to the sums, so they equal the interior's.
+        s1, s2 = p.channel_sums()                                          # (B, C) each, float64
+        B, C = s1.shape
         count = p.size * p.size * norm.group_channels
-        mean = groups.sum(dim=(1, 3)) / count                              # (B, G)
-        var = (groups.square().sum(dim=(1, 3)) / count - mean.square()).clamp(min=0)
+        mean = s1.view(B, -1, norm.group_channels).sum(2) / count          # (B, G)
+        var = (s2.view(B, -1, norm.group_channels).sum(2) / count - mean.square()).clamp(min=0)
         rstd = torch.rsqrt(var + norm.eps)
+        mean, rstd = mean.to(p.buf.dtype), rstd.to(p.buf.dtype)
         scales.append(rstd.repeat_interleave(norm.group_channels, dim=1))  # (B, C)
         shifts.append((-mean * rstd).repeat_interleave(norm.group_channels, dim=1))
     scale, shift = torch.cat(scales, 1), torch.cat(shifts, 1)
@@ -157,10 +178,17 @@ class SparseOps(Ops):
         idx = self.rows
         if len(idx) == 0:
             return
-        xs = [p.interior[idx] for p in inputs]
-        rs = None if residual is None else [p.interior[idx] for p in residual]
-        y, macs = run(xs, rs, None if bias is None else bias[idx])
-        out.interior[idx] = y
+        if len(idx) == out.buf.shape[0]:       # every sample has work: skip the row copies
+            xs = [p.interior for p in inputs]
+            rs = None if residual is None else [p.interior for p in residual]
+            y, macs = run(xs, rs, bias)
+            out.interior.copy_(y)
+        else:
+            xs = [p.interior[idx] for p in inputs]
+            rs = None if residual is None else [p.interior[idx] for p in residual]
+            y, macs = run(xs, rs, None if bias is None else bias[idx])
+            out.interior[idx] = y
+        out.sums = None                          # low-resolution: recomputed in full when next needed
         self.counter.add(macs, idx)
 
     def _sparse_conv(self, out: Padded, layer: SlimConv2d, inputs: list[Padded], width: float,
@@ -211,7 +239,12 @@ class SparseOps(Ops):
                 rw, rb = residual_conv.params_at(r_active, width)
                 res = F.conv2d(res, rw, rb)
                 macs += residual_conv.macs_per_pixel(r_active, width) * block * block
-        k.scatter(out.buf, y, self.img, self.by, self.bx, offset=BORDER, residual=res)
+        if res is not None:
+            y = y + res
+        if out.sums is not None:
+            old = k.gather(out.buf, self.img, self.by, self.bx, size=block, step=block, offset=BORDER)
+            out.update_sums(self.img, old, y)
+        k.scatter(out.buf, y, self.img, self.by, self.bx, offset=BORDER)
         self.counter.add(macs, self.img)
 
 
@@ -244,6 +277,7 @@ class MaskedDenseOps(SparseOps):
         keep[self.img, self.by, self.bx] = True
         keep = keep.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, None]      # (B, 1, H, W)
         out.interior.copy_(torch.where(keep, y, out.interior))
+        out.sums = None
 
 
 def masked_dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,

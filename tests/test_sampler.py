@@ -1,0 +1,300 @@
+"""The DDIM sampler, full and adaptive: tau = 0 reproduces full, determinism, the compute budget
+(whatever the gate says), the compute record, the shared CFG mask, the callback, bad input."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import nitrogen_core.sampler as sampler_mod
+from nitrogen_core.config import preset
+from nitrogen_core.errors import NitroGenInputError
+from nitrogen_core.model import NitroGenModel
+from nitrogen_core.sampler import SamplerSettings, make_noise, sample
+from nitrogen_core.sparse import step_costs
+
+B = 2
+STEPS = 6
+# With the perturbed tiny model below the gate predicts ~0.5..0.8 everywhere; at 0.65 some
+# patches are recomputed and others skip and exit (test_adaptive_record checks that it is so).
+MID = 0.65
+
+
+@pytest.fixture(scope="module")
+def model() -> NitroGenModel:
+    torch.manual_seed(0)
+    m = NitroGenModel(preset("tiny"))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():   # the U-Net zero-inits every branch's last conv; make outputs non-trivial
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def noise(model) -> torch.Tensor:
+    return make_noise(model.config, B, seed=0)
+
+
+@pytest.fixture(scope="module")
+def labels() -> torch.Tensor:
+    return torch.tensor([0, 2])
+
+
+def settings(**kw) -> SamplerSettings:
+    base = dict(steps=STEPS, cfg=1.0, mode="adaptive", threshold=MID, warmup=2, refresh_every=0,
+                max_skips=2, exit_patience=2)
+    base.update(kw)
+    return SamplerSettings(**base)
+
+
+def masks(record) -> np.ndarray:
+    return np.stack([s.mask for s in record.steps])                  # (S, B, Hp, Wp)
+
+
+class ConstantGate(nn.Module):
+    """Stands in for the gate: predicts `value` for every patch; costs what the real gate costs."""
+
+    def __init__(self, real_gate, value: float):
+        super().__init__()
+        self.cfg, self.value, self._macs = real_gate.cfg, value, real_gate.macs()
+        self.calls = 0
+
+    def forward(self, x_t, t, eps_cached, eps_delta):
+        self.calls += 1
+        g = self.cfg.image_size // self.cfg.patch_size
+        return torch.full((x_t.shape[0], g, g), self.value)
+
+    def macs(self) -> int:
+        return self._macs
+
+
+# -- threshold 0 == full ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("guidance, schedule", [(1.0, (1.0,)), (2.0, (1.0,)), (2.0, (0.5, 1.0)), (1.0, (0.5, 1.0))])
+def test_threshold_zero_reproduces_full(model, noise, labels, guidance, schedule):
+    full = sample(model, noise, labels, settings(cfg=guidance, mode="full"), width_schedule=schedule)
+    zero = sample(model, noise, labels, settings(cfg=guidance, threshold=0.0), width_schedule=schedule)
+    assert (full.images - zero.images).abs().max().item() <= 1e-5
+    assert torch.equal(full.images, zero.images)               # designed to be exactly equal
+    assert zero.record.widths == full.record.widths
+    assert masks(zero.record).all() and all(s.dense for s in zero.record.steps)
+    assert np.array_equal(zero.record.macs_used_per_image, full.record.macs_used_per_image)
+    assert full.images.shape == noise.shape and torch.isfinite(full.images).all()
+    if schedule == (0.5, 1.0):
+        assert full.record.widths == (0.5,) * (STEPS // 2) + (1.0,) * (STEPS // 2)
+
+
+# -- determinism ------------------------------------------------------------------------------------
+
+def test_deterministic(model, labels):
+    s = settings(cfg=2.0)
+    a = sample(model, make_noise(model.config, B, 7), labels, s)
+    b = sample(model, make_noise(model.config, B, 7), labels, s)
+    assert torch.equal(a.images, b.images)
+    assert np.array_equal(masks(a.record), masks(b.record))
+    assert np.array_equal(a.record.exited_at, b.record.exited_at)
+    assert all(np.array_equal(x.macs, y.macs) for x, y in zip(a.record.steps, b.record.steps))
+    c = sample(model, make_noise(model.config, B, 8), labels, s)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_make_noise(model):
+    a, b = make_noise(model.config, 3, 5), make_noise(model.config, 3, 5)
+    assert a.shape == (3, 3, 16, 16) and torch.equal(a, b)
+    assert not torch.equal(a, make_noise(model.config, 3, 6))
+
+
+# -- the compute budget -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("budget", [0.2, 0.35, 0.5, 0.8])
+def test_budget_holds_when_gate_wants_everything(model, noise, labels, budget):
+    # a threshold far below every prediction, no exits: the gate asks for every patch every step
+    s = settings(budget=budget, threshold=1e-4, exit_patience=0, refresh_every=2)
+    rec = sample(model, noise, labels, s).record
+    limit = math.floor(budget * rec.macs_full)
+    assert (rec.macs_used_per_image <= limit).all(), (rec.macs_used_per_image, limit)
+    assert rec.macs_used_per_image.min() > 0
+
+
+@pytest.mark.parametrize("budget, guidance, schedule", [(0.3, 2.0, (1.0,)), (0.4, 2.0, (0.5, 1.0)), (0.2, 1.0, (1.0,))])
+def test_budget_holds_with_gate_forced_on(model, noise, labels, monkeypatch, budget, guidance, schedule):
+    gate = ConstantGate(model.gate, 1e9)
+    monkeypatch.setattr(model, "gate", gate)
+    s = settings(steps=8, budget=budget, cfg=guidance, refresh_every=3)
+    res = sample(model, noise, labels, s, width_schedule=schedule)
+    rec = res.record
+    assert gate.calls > 0
+    assert (rec.macs_used_per_image <= math.floor(budget * rec.macs_full)).all()
+    assert len(rec.steps) == 8
+    assert torch.isfinite(res.images).all() and res.images.shape == noise.shape
+    assert (rec.exited_at == -1).all()                     # nothing is ever below the threshold
+
+
+def test_budget_below_one_is_refused_in_full_mode(model, noise, labels):
+    # Full mode computes everything by definition; a budget there is a user error, not a silent trim.
+    with pytest.raises(NitroGenInputError, match="budget=0.5") as info:
+        sample(model, noise, labels, settings(mode="full", budget=0.5))
+    assert "\n" not in str(info.value)
+
+
+def test_budget_below_one_dense_step(model, noise, labels):
+    # one dense step is 1/steps of full compute
+    with pytest.raises(NitroGenInputError, match="budget") as info:
+        sample(model, noise, labels, settings(steps=4, budget=0.2))
+    assert "\n" not in str(info.value)
+
+
+def test_budget_below_one_dense_step_full_mode(model, noise, labels):
+    with pytest.raises(NitroGenInputError, match="budget"):
+        sample(model, noise, labels, settings(steps=4, budget=0.2, mode="full"))
+
+
+# -- the compute record --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_full_mode_record(model, noise, labels, guidance):
+    rec = sample(model, noise, labels, settings(mode="full", cfg=guidance)).record
+    halves = 2 if guidance != 1.0 else 1
+    assert rec.macs_full == STEPS * step_costs(model.unet, 1.0).dense * halves
+    assert (rec.macs_used_per_image == rec.macs_full).all()
+    assert rec.mode == "full" and rec.batch == B and len(rec.steps) == STEPS
+    assert masks(rec).all() and all(s.dense for s in rec.steps)
+    assert masks(rec).shape == (STEPS, B, 8, 8)                # tiny: 16 px / 2 px patches
+    assert (rec.exited_at == -1).all()
+    ts = [s.timestep for s in rec.steps]
+    assert ts == sorted(ts, reverse=True) and ts[0] == 999
+
+
+def test_adaptive_record(model, noise, labels):
+    s = settings(steps=8, warmup=3, cfg=2.0, exit_patience=2)
+    rec = sample(model, noise, labels, s).record
+    m = masks(rec)
+    gate_macs = model.gate.macs()
+    dense = step_costs(model.unet, 1.0).dense * 2
+    assert rec.macs_full == 8 * dense
+    # warm-up steps are dense, with every patch, and cost exactly a dense step
+    for st in rec.steps[:3]:
+        assert st.dense and st.mask.all() and (st.macs == dense).all()
+    # a mid threshold gives partial steps, and saves compute
+    partial = [st for st in rec.steps if not st.mask.all()]
+    assert partial and any(st.mask.any() for st in partial)
+    assert all(not st.dense for st in partial)
+    assert (rec.macs_used_per_image < rec.macs_full).all()
+    # gate steps cost the gate plus the sparse step of their blocks (per_block charged per CFG half)
+    costs = step_costs(model.unet, 1.0)
+    per_block = (model.config.block_size // model.config.patch_size) ** 2
+    for st in rec.steps[3:]:
+        n_blocks = st.mask.reshape(B, -1).sum(1) // per_block
+        expected = gate_macs + 2 * costs.of(torch.as_tensor(n_blocks)).numpy()
+        assert np.array_equal(st.macs, expected), (st.index, st.macs, expected)
+    # exits happen, and an exited patch is never recomputed later
+    assert (rec.exited_at >= 0).any()
+    for k in range(len(rec.steps)):
+        later = k > rec.exited_at
+        assert not (m[k] & later & (rec.exited_at >= 0)).any()
+
+
+def test_cfg_halves_share_one_mask(model, noise, labels, monkeypatch):
+    seen = []
+    real = sampler_mod.sparse_forward
+
+    def spy(unet, x, t, lab, cache, block_mask):
+        seen.append(block_mask.clone())
+        return real(unet, x, t, lab, cache, block_mask)
+
+    monkeypatch.setattr(sampler_mod, "sparse_forward", spy)
+    sample(model, noise, labels, settings(cfg=2.0, exit_patience=0, max_skips=1))
+    assert seen
+    for mask in seen:
+        assert mask.shape[0] == 2 * B
+        assert torch.equal(mask[:B], mask[B:])
+    assert any(0 < m.float().mean() < 1 for m in seen)
+
+
+# -- callback --------------------------------------------------------------------------------------
+
+def test_callback_every_step(model, noise, labels):
+    calls = []
+    sample(model, noise, labels, settings(cfg=2.0), callback=lambda i, n, x0: calls.append((i, n, x0.shape)))
+    assert calls == [(i, STEPS, (B, 3, 16, 16)) for i in range(STEPS)]
+
+
+class Interrupted(Exception):
+    """Like ComfyUI's InterruptProcessingException: an ordinary Exception subclass."""
+
+
+def test_callback_exception_aborts(model, noise, labels):
+    calls = []
+
+    def cb(i, n, x0):
+        calls.append(i)
+        if i == 2:
+            raise Interrupted("stop")
+
+    with pytest.raises(Interrupted, match="stop"):
+        sample(model, noise, labels, settings(), callback=cb)
+    assert calls == [0, 1, 2]
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+BAD_SETTINGS = [
+    ("steps", 0), ("steps", 1001), ("steps", 2.5),
+    ("threshold", -0.1), ("threshold", float("nan")), ("threshold", float("inf")),
+    ("budget", 0), ("budget", -1), ("budget", 1.5),
+    ("cfg", -1), ("cfg", 100),
+    ("mode", "fast"),
+    ("warmup", 0), ("warmup", -2), ("refresh_every", -1), ("max_skips", -1), ("exit_patience", -1),
+    ("steps", True),
+]
+
+
+@pytest.mark.parametrize("name, value", BAD_SETTINGS, ids=[f"{n}={v}" for n, v in BAD_SETTINGS])
+def test_bad_settings(model, noise, labels, name, value):
+    with pytest.raises(NitroGenInputError) as info:
+        sample(model, noise, labels, settings(**{name: value}))
+    msg = str(info.value)
+    assert name in msg and str(value) in msg, msg
+    assert "\n" not in msg
+
+
+def test_warmup_longer_than_steps_is_all_dense(model, noise, labels):
+    # warmup > steps is allowed (sampler.py: "all of them if steps <= warmup"): every step is dense
+    rec = sample(model, noise, labels, settings(warmup=STEPS + 1, threshold=10.0)).record
+    assert all(s.dense for s in rec.steps) and masks(rec).all()
+    assert (rec.macs_used_per_image == rec.macs_full).all()
+
+
+@pytest.mark.parametrize("bad", [[0, 3], [-1, 0], [0, 1, 2]], ids=["too-big", "negative", "wrong-length"])
+def test_bad_labels(model, noise, bad):
+    with pytest.raises(NitroGenInputError, match="labels") as info:
+        sample(model, noise, torch.tensor(bad), settings())
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("shape", [(B, 3, 8, 8), (B, 1, 16, 16), (B, 3, 16, 32)])
+def test_bad_noise_shape(model, labels, shape):
+    with pytest.raises(NitroGenInputError, match="noise shape") as info:
+        sample(model, torch.zeros(shape), labels, settings())
+    assert str(shape) in str(info.value)
+
+
+@pytest.mark.parametrize("schedule", [(0.3,), (0.5, 0.6), ()])
+def test_bad_width_schedule(model, noise, labels, schedule):
+    with pytest.raises(NitroGenInputError, match="width schedule"):
+        sample(model, noise, labels, settings(), width_schedule=schedule)
+
+
+def test_empty_batch(model):
+    with pytest.raises(NitroGenInputError, match="batch 0"):
+        sample(model, make_noise(model.config, 0, 0), torch.zeros(0, dtype=torch.long), settings())
+
+
+@pytest.mark.parametrize("bad", [[0.0, 1.0], [0.5, 1.0], [True, False]], ids=["float", "fractional", "bool"])
+def test_non_integer_labels(model, noise, bad):
+    with pytest.raises(NitroGenInputError, match="labels"):
+        sample(model, noise, torch.tensor(bad), settings())
