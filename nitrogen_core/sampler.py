@@ -148,6 +148,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     timesteps = schedule.sampling_timesteps(settings.steps)
     adaptive = settings.mode == "adaptive"
     use_gate = adaptive and settings.threshold > 0
+    may_go_sparse = adaptive and (use_gate or settings.budget < 1.0)      # only then is the cache ever read
     guided = settings.cfg != 1.0
     halves = 2 if guided else 1
 
@@ -236,7 +237,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         x_in = x.to(dtype)
         x_in = torch.cat([x_in, x_in]) if guided else x_in
         if full_step:
-            out, cache, macs = dense_forward(unet, x_in, t_batch.to(dtype), model_labels, width)
+            out, cache, macs = dense_forward(unet, x_in, t_batch.to(dtype), model_labels, width, record=may_go_sparse)
         elif blocks.any():
             model_blocks = torch.cat([blocks, blocks]) if guided else blocks
             out, macs = sparse_forward(unet, x_in, t_batch.to(dtype), model_labels, cache, model_blocks.to(device))

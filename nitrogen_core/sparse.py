@@ -66,8 +66,11 @@ class Padded:
 
     @classmethod
     def wrap(cls, x: torch.Tensor) -> "Padded":
-        """From an NCHW tensor (B, C, H, W)."""
-        return cls(F.pad(x, (BORDER,) * 4).permute(0, 2, 3, 1).contiguous())
+        """From an NCHW tensor (B, C, H, W); one copy, cheap when x is already channels-last."""
+        B, C, H, W = x.shape
+        buf = x.new_zeros(B, H + 2 * BORDER, W + 2 * BORDER, C)
+        buf[:, BORDER:-BORDER, BORDER:-BORDER, :].copy_(x.permute(0, 2, 3, 1))
+        return cls(buf)
 
     @property
     def interior(self) -> torch.Tensor:
@@ -90,13 +93,14 @@ class ActivationCache:
     outputs: list[Padded]
 
 
-def dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float
-                  ) -> tuple[torch.Tensor, ActivationCache, torch.Tensor]:
-    """Full forward that also fills the activation cache. Returns (out, cache, MACs per sample)."""
-    ops = DenseOps(x.shape[0], record=True)
+def dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
+                  record: bool = True) -> tuple[torch.Tensor, ActivationCache | None, torch.Tensor]:
+    """Full forward that also fills the activation cache (unless `record` is False, which saves
+    the ~20% cost of copying every activation). Returns (out, cache or None, MACs per sample)."""
+    ops = DenseOps(x.shape[0], record=record)
     with torch.no_grad():
         out = unet(x, t, labels, width, ops)
-    cache = ActivationCache(width, [Padded.wrap(y) for y in ops.outputs])
+    cache = ActivationCache(width, [Padded.wrap(y) for y in ops.outputs]) if record else None
     return out, cache, ops.counter.per_sample
 
 

@@ -298,3 +298,10 @@ def test_empty_batch(model):
 def test_non_integer_labels(model, noise, bad):
     with pytest.raises(NitroGenInputError, match="labels"):
         sample(model, noise, torch.tensor(bad), settings())
+
+
+def test_threshold_zero_with_budget_trims_without_gate(model, noise, labels):
+    # No gate runs at threshold 0, so a budget below 1 is met by trimming the stalest blocks.
+    rec = sample(model, noise, labels, settings(threshold=0.0, budget=0.5)).record
+    assert (rec.macs_used_per_image <= math.floor(0.5 * rec.macs_full)).all()
+    assert any(not step.dense for step in rec.steps)

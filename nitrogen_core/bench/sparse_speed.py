@@ -42,12 +42,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--block-size", type=int, default=None, help="override the preset's block_size (image px)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     cfg = preset(args.preset)
+    if args.block_size is not None:
+        cfg = preset(args.preset, block_size=args.block_size, patch_size=min(cfg.patch_size, args.block_size))
     model = NitroGenModel(cfg).eval()
     with torch.no_grad():   # untrained nets output zeros (zero-init); perturb so outputs are non-trivial
         for p in model.parameters():
@@ -93,12 +96,12 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"active": a, "time_ratio": median[f"sparse@{a}"] / median["dense"],
                      "mac_ratio": macs.float().mean().item() / costs.dense,
                      "rms_err_sparse": err_sparse, "rms_err_reuse": err_reuse})
-    result = {"preset": args.preset, "batch": B, "width": args.width, "repeats": args.repeats,
+    result = {"preset": args.preset, "block_size": cfg.block_size, "batch": B, "width": args.width, "repeats": args.repeats,
               "threads": torch.get_num_threads(), "dense_ms": median["dense"] * 1e3, "rows": rows}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.preset} batch {B} width {args.width}: dense {result['dense_ms']:.1f} ms "
+        print(f"{args.preset} block {cfg.block_size} batch {B} width {args.width}: dense {result['dense_ms']:.1f} ms "
               f"(median of {args.repeats}, {result['threads']} threads)")
         print("active  time/dense  MACs/dense  rms err sparse  rms err reuse-cache")
         for r in rows:

@@ -126,6 +126,8 @@ class UNet(nn.Module):
         if width not in self.cfg.widths:
             raise ValueError(f"width {width} is not one of the model's widths {self.cfg.widths}")
         ops = ops if ops is not None else DenseOps(x.shape[0])
+        # Channels-last: ~20% faster convs on CPU (oneDNN), and the sparse cache layout.
+        x = x.contiguous(memory_format=torch.channels_last)
         emb = ops.per_row(self.embed, t, labels)                                  # (B, emb)
         ops.counter.add(self.embed_macs())
         h = ops.conv(self.conv_in, [x], width)                                     # (B, C0, H, W)
