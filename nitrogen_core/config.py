@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 PREDICTIONS = ("eps", "v")

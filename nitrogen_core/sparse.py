@@ -92,6 +92,10 @@ class ActivationCache:
     width: float
     outputs: list[Padded]
 
+    def clone(self) -> "ActivationCache":
+        """An independent copy (sparse steps update a cache in place)."""
+        return ActivationCache(self.width, [Padded(p.buf.clone()) for p in self.outputs])
+
 
 def dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
                   record: bool = True) -> tuple[torch.Tensor, ActivationCache | None, torch.Tensor]:

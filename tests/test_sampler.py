@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import nitrogen_core.sampler as sampler_mod
+from conftest import perturbed
 from nitrogen_core.config import preset
 from nitrogen_core.errors import NitroGenInputError
 from nitrogen_core.model import NitroGenModel
@@ -26,12 +27,7 @@ MID = 0.65
 @pytest.fixture(scope="module")
 def model() -> NitroGenModel:
     torch.manual_seed(0)
-    m = NitroGenModel(preset("tiny"))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():   # the U-Net zero-inits every branch's last conv; make outputs non-trivial
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return m.eval()
+    return perturbed(NitroGenModel(preset("tiny"))).eval()
 
 
 @pytest.fixture(scope="module")

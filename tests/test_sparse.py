@@ -6,36 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nitrogen_core.config import preset
-from nitrogen_core.model import DenseOps, UNet
-from nitrogen_core.sparse import (
-    ActivationCache, Padded, dense_forward, masked_dense_forward, sparse_forward, step_costs,
-)
+from nitrogen_core.model import DenseOps
+from nitrogen_core.sparse import dense_forward, masked_dense_forward, sparse_forward, step_costs
 
 ATOL = 1e-5
-
-
-def perturbed(model: torch.nn.Module, seed: int = 1, scale: float = 0.05) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model
-
-
-def copy_cache(c: ActivationCache) -> ActivationCache:
-    return ActivationCache(c.width, [Padded(p.buf.clone()) for p in c.outputs])
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return preset("tiny")
-
-
-@pytest.fixture(scope="module")
-def unet(cfg) -> UNet:
-    torch.manual_seed(0)
-    return perturbed(UNet(cfg)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +74,7 @@ def test_subset_matches_masked_dense(unet, cfg, nb, seed, width):
     x1, x2, t, labels = make_inputs(cfg, 4, seed=seed)
     prev, cache, _ = dense_forward(unet, x1, t, labels, width)
     mask = structured_masks(nb, seed)
-    ref_cache = copy_cache(cache)
+    ref_cache = cache.clone()
     out, macs = sparse_forward(unet, x2, t, labels, cache, mask)
     ref = masked_dense_forward(unet, x2, t, labels, ref_cache, mask)
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
@@ -125,7 +99,7 @@ def test_chained_sparse_steps_match_masked_dense(unet, cfg, nb):
     gen = torch.Generator().manual_seed(11)
     x, _, t, labels = make_inputs(cfg, 3, seed=11)
     _, cache, _ = dense_forward(unet, x, t, labels, 0.75)
-    ref_cache = copy_cache(cache)
+    ref_cache = cache.clone()
     for step in range(8):
         x = x + 0.2 * torch.randn(x.shape, generator=gen)
         mask = torch.rand(3, nb, nb, generator=gen) < (0.2 + 0.1 * step)
@@ -144,7 +118,7 @@ def test_single_corner_and_edge_blocks(unet, cfg, nb):
         mask[i, y, x] = True
     x1, x2, t, labels = make_inputs(cfg, len(spots), seed=7)
     _, cache, _ = dense_forward(unet, x1, t, labels, 1.0)
-    ref_cache = copy_cache(cache)
+    ref_cache = cache.clone()
     out, _ = sparse_forward(unet, x2, t, labels, cache, mask)
     ref = masked_dense_forward(unet, x2, t, labels, ref_cache, mask)
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)

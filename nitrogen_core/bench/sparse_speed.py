@@ -17,9 +17,9 @@ import time
 import torch
 
 from ..config import preset
-from ..diffusion import Schedule, split_prediction
+from ..diffusion import Schedule
 from ..model import NitroGenModel
-from ..sparse import ActivationCache, Padded, dense_forward, sparse_forward, step_costs
+from ..sparse import dense_forward, sparse_forward, step_costs
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.1)
 
@@ -30,10 +30,6 @@ def random_blocks(batch: int, nb: int, fraction: float, gen: torch.Generator) ->
     mask = torch.zeros(batch, nb * nb, dtype=torch.bool)
     mask.scatter_(1, order[:, :k], True)
     return mask.view(batch, nb, nb)
-
-
-def clone_cache(cache: ActivationCache) -> ActivationCache:
-    return ActivationCache(cache.width, [Padded(p.buf.clone()) for p in cache.outputs])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         out1, cache, _ = dense_forward(unet, x1, t1, labels, args.width)
         truth = unet(x2, t2, labels, args.width)
     masks = {a: random_blocks(B, nb, a, gen) for a in FRACTIONS}
-    caches = {a: clone_cache(cache) for a in FRACTIONS}
+    caches = {a: cache.clone() for a in FRACTIONS}
     costs = step_costs(unet, args.width)
 
     times: dict[str, list[float]] = {"dense": [], **{f"sparse@{a}": [] for a in FRACTIONS}}
@@ -87,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     for a in FRACTIONS:
-        out, macs = sparse_forward(unet, x2, t2, labels, clone_cache(cache), masks[a])
+        out, macs = sparse_forward(unet, x2, t2, labels, cache.clone(), masks[a])
         pix = masks[a].repeat_interleave(cfg.block_size, 1).repeat_interleave(cfg.block_size, 2)[:, None]
         pix = pix.expand_as(out)
         # Error of the sparse recompute vs the true dense output, relative to the error of reusing the cache.
