@@ -1,4 +1,4 @@
-"""Command line: `python -m nitrogen_core {info,init,generate} ...`.
+"""Command line: `python -m nitrogen_core {info,init,generate,data,train} ...`.
 
 Every flag is checked before any work starts. Bad input ends with one line `error: <cause>` on
 stderr and exit code 2, never a traceback (DESIGN §6). Sampler ranges (steps, cfg, threshold,
@@ -300,7 +300,7 @@ def _emit_json(args, obj) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="NitroGen: adaptive-compute class-conditional diffusion.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,init,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,init,generate,data,train}")
 
     p = sub.add_parser("info", help="show a checkpoint's metadata (validates the whole file)")
     p.add_argument("ckpt", help="path to a .safetensors checkpoint")
@@ -335,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
+
+    from .train.cli import add_train_parser
+    from .train.data import add_data_parser
+    add_data_parser(sub)
+    add_train_parser(sub)
     return parser
 
 

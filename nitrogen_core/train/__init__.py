@@ -1,0 +1,1 @@
+"""Training: datasets (ImageFolder loading and the emoji fetch in `data`), then the teacher and the distilled student."""

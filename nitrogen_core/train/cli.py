@@ -1,0 +1,56 @@
+"""`train teacher` and `train student` argument parsing; the stages import lazily."""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes as a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
+
+
+def add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train the teacher, then the student + gate",
+                              description="Two-stage training. Rerun the same command to resume a run.")
+    sub = p.add_subparsers(dest="train_command", required=True, metavar="{teacher,student}")
+
+    t = sub.add_parser("teacher", help="stage 1: full-width teacher")
+    t.add_argument("--data", required=True, help="ImageFolder dataset (DIR/<class>/*.png), e.g. from `data emoji`")
+    t.add_argument("--preset", default="emoji32", help="model preset (default emoji32)")
+    t.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
+    t.add_argument("--steps", type=_positive_int, default=6000, help="total optimizer steps (default 6000)")
+    t.add_argument("--batch", type=_positive_int, default=64, help="batch per process (default 64)")
+    t.add_argument("--minutes", type=_minutes, default=None,
+                   help="stop this invocation after M minutes (state is saved; rerun to continue)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--sample-every", type=_positive_int, default=500, help="sample grid every K steps")
+    t.set_defaults(func=cmd_train_teacher)
+
+
+def cmd_train_teacher(args) -> int:
+    from ..config import PRESETS
+    from ..errors import NitroGenInputError
+    from .teacher import TeacherSettings, train_teacher
+
+    if args.preset not in PRESETS:
+        raise NitroGenInputError(f"--preset {args.preset!r} is unknown; choose one of {sorted(PRESETS)}")
+    train_teacher(TeacherSettings(data=args.data, out_dir=args.out, preset=args.preset, steps=args.steps,
+                                  batch=args.batch, minutes=args.minutes, seed=args.seed,
+                                  sample_every=args.sample_every))
+    return 0
