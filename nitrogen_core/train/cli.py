@@ -42,6 +42,22 @@ def add_train_parser(subparsers) -> None:
     t.add_argument("--sample-every", type=_positive_int, default=500, help="sample grid every K steps")
     t.set_defaults(func=cmd_train_teacher)
 
+    st = sub.add_parser("student", help="stage 2: distilled slimmable student, width schedule and gate")
+    st.add_argument("--teacher", required=True, help="teacher checkpoint (RUN/teacher.safetensors)")
+    st.add_argument("--data", required=True, help="the teacher's ImageFolder dataset")
+    st.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
+    st.add_argument("--steps", type=_positive_int, default=1000, help="distillation steps (default 1000)")
+    st.add_argument("--batch", type=_positive_int, default=64, help="batch per process (default 64)")
+    st.add_argument("--minutes", type=_minutes, default=None,
+                    help="stop this invocation after M minutes (state is saved; rerun to continue)")
+    st.add_argument("--width-error-bound", type=float, default=0.1,
+                    help="max mean relative eps error of a width vs the teacher per trajectory segment")
+    st.add_argument("--gate-trajectories", type=_positive_int, default=48)
+    st.add_argument("--gate-steps", type=_positive_int, default=1500)
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--sample-every", type=_positive_int, default=250, help="sample grid every K steps")
+    st.set_defaults(func=cmd_train_student)
+
 
 def cmd_train_teacher(args) -> int:
     from ..config import PRESETS
@@ -52,5 +68,19 @@ def cmd_train_teacher(args) -> int:
         raise NitroGenInputError(f"--preset {args.preset!r} is unknown; choose one of {sorted(PRESETS)}")
     train_teacher(TeacherSettings(data=args.data, out_dir=args.out, preset=args.preset, steps=args.steps,
                                   batch=args.batch, minutes=args.minutes, seed=args.seed,
+                                  sample_every=args.sample_every))
+    return 0
+
+
+def cmd_train_student(args) -> int:
+    from ..errors import NitroGenInputError
+    from .student import StudentSettings, train_student
+
+    if not (math.isfinite(args.width_error_bound) and args.width_error_bound > 0):
+        raise NitroGenInputError(f"--width-error-bound {args.width_error_bound} must be a positive number")
+    train_student(StudentSettings(teacher=args.teacher, data=args.data, out_dir=args.out, steps=args.steps,
+                                  batch=args.batch, minutes=args.minutes, seed=args.seed,
+                                  width_error_bound=args.width_error_bound,
+                                  gate_trajectories=args.gate_trajectories, gate_steps=args.gate_steps,
                                   sample_every=args.sample_every))
     return 0

@@ -172,7 +172,7 @@ class RunDir:
 
 
 # Settings a rerun may change without starting over: how long this invocation runs, how often it reports.
-RESUMABLE_CHANGES = {"minutes", "sample_every", "save_every"}
+RESUMABLE_CHANGES = {"minutes", "stop_after", "sample_every", "save_every"}
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -201,18 +201,18 @@ def load_module(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.T
 
 
 class Timer:
-    """Wall-clock budget for this invocation (`--minutes`); the run continues on the next rerun."""
+    """Budget of this invocation: `--minutes` of wall clock and/or a number of new steps.
+    The run continues on the next rerun."""
 
-    def __init__(self, minutes: float | None):
+    def __init__(self, minutes: float | None, new_steps: int | None = None, first_step: int = 0):
         self.start = time.monotonic()
         self.limit = None if minutes is None else minutes * 60.0
+        self.last_step = None if new_steps is None else first_step + new_steps
 
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def expired(self) -> bool:
-        return self.limit is not None and self.elapsed >= self.limit
+    def expired(self, step: int) -> bool:
+        if self.last_step is not None and step >= self.last_step:
+            return True
+        return self.limit is not None and time.monotonic() - self.start >= self.limit
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int, scale: int = 2) -> None:

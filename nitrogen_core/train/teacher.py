@@ -45,6 +45,7 @@ class TeacherSettings:
     sample_every: int = 500
     save_every: int = 100
     minutes: float | None = None
+    stop_after: int | None = None   # end this invocation after this many new steps (scripted runs, tests)
     sample_cfg: float = 1.5
 
 
@@ -85,8 +86,8 @@ def sample_grid(model: NitroGenModel, classes: tuple[str, ...], path, cfg_scale:
 def train_teacher(s: TeacherSettings) -> dict:
     d = init_distributed()
     torch.set_num_threads(max(1, torch.get_num_threads() // d.world))
-    data = load_image_folder(s.data)
-    cfg = preset(s.preset, num_classes=len(data.classes), image_size=data.image_size)
+    data = load_image_folder(s.data, preset(s.preset).image_size)
+    cfg = preset(s.preset, num_classes=len(data.classes))
     return _train(s, d, data, cfg)
 
 
@@ -121,10 +122,10 @@ def _train(s: TeacherSettings, d: Dist, data, cfg) -> dict:
         run.save_state({**module_tensors("model", unet), **module_tensors("ema", ema_model.unet), **tensors},
                        {"step": step, "seconds": trained_seconds, "param_groups": groups})
 
-    timer = Timer(s.minutes)
+    timer = Timer(s.minutes, s.stop_after, step)
     bar = tqdm(total=s.steps, initial=step, desc="teacher", unit="step", file=sys.stderr, disable=not d.main)
     last = time.monotonic()
-    while step < s.steps and not timer.expired():
+    while step < s.steps and not timer.expired(step):
         gen = step_generator(s.seed, step, d)
         idx = batch_indices(len(x_all), s.batch, step, s.seed, d)
         labels = drop_labels(data.labels[idx], cfg.num_classes, s.label_dropout, gen)
@@ -168,7 +169,8 @@ def _train(s: TeacherSettings, d: Dist, data, cfg) -> dict:
     if d.main:
         msg = f"teacher done: {out}" if done else f"stopped at step {step}/{s.steps} (--minutes); rerun to continue"
         print(msg, file=sys.stderr)
-    return {"step": step, "done": done, "checkpoint": str(out) if done else None, "seconds": trained_seconds}
+    return {"step": step, "done": done, "checkpoint": str(out) if done else None, "seconds": trained_seconds,
+            "unet": unet, "ema": ema_model}
 
 
 def _commit() -> str | None:

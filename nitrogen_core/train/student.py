@@ -1,0 +1,367 @@
+"""Stage 2: the student (every width) distilled from the teacher, its width schedule, and its gate.
+
+    python -m nitrogen_core train student --teacher RUN/teacher.safetensors --data DIR --out RUN2 \
+        [--steps N] [--minutes M]
+
+1. Distillation (resumable, `--steps`): the student starts as the teacher. Each step trains the
+   sandwich of widths - the largest (1.0), the smallest (0.25) and one random middle width -
+   all regressing the frozen teacher's prediction on the same noisy batch (in-place
+   distillation; Yu & Huang 2019, slimmable networks). EMA weights are kept.
+2. Width schedule: along teacher DDIM trajectories, the relative eps error of each width
+   against the teacher is measured per trajectory segment; each segment takes the narrowest
+   width whose error stays under `--width-error-bound`.
+3. Gate: trajectories of the student under the width schedule and random skip patterns like
+   the adaptive sampler's (warm-up, refresh, capped consecutive skips). At every step the
+   dense fresh eps is computed too, so the target for each patch is the RMS of
+   (eps_fresh - eps_cached), the error a skip would have caused. The gate regresses it in log
+   space; held-out trajectories measure it.
+4. Export: RUN2/student.safetensors, kind "student", with gate, width schedule, labels,
+   recommended sampler settings and training metadata.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import NitroGenConfig
+from ..diffusion import Schedule, split_prediction, training_target
+from ..errors import NitroGenInputError
+from ..model import NitroGenModel
+from ..sampler import SamplerSettings, make_noise, width_for_step
+from .common import (Dist, RunDir, Timer, all_mean, average_gradients, batch_indices, broadcast_parameters,
+                     ema_update, init_distributed, learning_rate, load_module, load_optimizer, module_tensors,
+                     optimizer_tensors, save_grid, step_generator)
+from .data import load_image_folder
+from .teacher import drop_labels, min_snr_weight, sample_grid
+
+SCHEDULE_SEGMENTS = 4
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    teacher: str
+    data: str
+    out_dir: str
+    steps: int = 1000
+    batch: int = 64
+    lr: float = 2e-4
+    warmup: int = 50
+    ema: float = 0.998
+    label_dropout: float = 0.1
+    min_snr: float = 5.0
+    seed: int = 0
+    sample_every: int = 250
+    save_every: int = 50
+    minutes: float | None = None
+    stop_after: int | None = None   # end this invocation after this many new steps (scripted runs, tests)
+    sample_steps: int = 20
+    sample_cfg: float = 1.5
+    width_error_bound: float = 0.1
+    gate_trajectories: int = 48
+    gate_steps: int = 1500
+
+
+# -- 1. distillation ---------------------------------------------------------------------------------
+
+def sandwich_widths(widths: tuple[float, ...], gen: torch.Generator) -> list[float]:
+    """Largest, smallest and one random width in between (all of them if there are <= 3)."""
+    ws = sorted(widths, reverse=True)
+    if len(ws) <= 3:
+        return ws
+    middle = ws[1:-1]
+    return [ws[0], ws[-1], middle[int(torch.randint(len(middle), (1,), generator=gen))]]
+
+
+def distill_step(student_unet, teacher_unet, x0, labels, schedule: Schedule, gen: torch.Generator,
+                 cfg: NitroGenConfig, gamma: float) -> dict[float, float]:
+    """Forward/backward every sandwich width against the teacher's prediction; returns loss per width."""
+    B = x0.shape[0]
+    t = torch.randint(0, schedule.timesteps, (B,), generator=gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    alpha, sigma = (v.view(B, 1, 1, 1) for v in schedule.alpha_sigma(t))
+    x_t = alpha * x0 + sigma * eps
+    with torch.no_grad():
+        target = teacher_unet(x_t, t.float(), labels, 1.0)
+    weight = min_snr_weight(alpha.view(B), sigma.view(B), gamma, cfg.prediction)
+    losses = {}
+    for width in sandwich_widths(cfg.widths, gen):
+        pred = student_unet(x_t, t.float(), labels, width)
+        loss = ((pred - target).square().mean(dim=(1, 2, 3)) * weight).mean()
+        loss.backward()                              # gradients add up over the sandwich
+        losses[width] = loss.item()
+    return losses
+
+
+# -- 2. width schedule -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def guided_eps(unet, x: torch.Tensor, t: int, labels: torch.Tensor, width: float, cfg_scale: float,
+               schedule: Schedule, cfg: NitroGenConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """CFG-guided (eps, x0) of one dense forward, the same arithmetic as the sampler."""
+    B = x.shape[0]
+    alpha, sigma = schedule.alpha_sigma(t)
+    null = torch.full_like(labels, cfg.num_classes)
+    out = unet(torch.cat([x, x]), torch.full((2 * B,), float(t)), torch.cat([labels, null]), width)
+    cond, uncond = out.chunk(2)
+    return split_prediction(uncond + cfg_scale * (cond - uncond), x, alpha, sigma, cfg.prediction)
+
+
+@torch.no_grad()
+def width_errors(student_unet, teacher_unet, cfg: NitroGenConfig, steps: int, cfg_scale: float,
+                 n: int, seed: int) -> dict[float, list[float]]:
+    """Relative eps error ||eps_w - eps_T|| / ||eps_T|| per sampling step, along teacher DDIM paths."""
+    schedule = Schedule(cfg.train_timesteps)
+    timesteps = schedule.sampling_timesteps(steps)
+    x = make_noise(cfg, n, seed)
+    labels = torch.arange(n) % cfg.num_classes
+    errors = {w: [] for w in cfg.widths}
+    for i, t in enumerate(timesteps):
+        eps_t, x0_t = guided_eps(teacher_unet, x, t, labels, 1.0, cfg_scale, schedule, cfg)
+        for w in cfg.widths:
+            eps_w, _ = guided_eps(student_unet, x, t, labels, w, cfg_scale, schedule, cfg)
+            errors[w].append(float((eps_w - eps_t).norm() / eps_t.norm().clamp(min=1e-8)))
+        a_prev, s_prev = schedule.alpha_sigma(timesteps[i + 1] if i + 1 < steps else -1)
+        x = a_prev * x0_t + s_prev * eps_t
+    return errors
+
+
+def choose_width_schedule(errors: dict[float, list[float]], bound: float, segments: int) -> tuple[float, ...]:
+    """Per segment of the trajectory, the narrowest width whose mean relative error is <= bound."""
+    steps = len(next(iter(errors.values())))
+    schedule = []
+    for k in range(segments):
+        idx = [i for i in range(steps) if i * segments // steps == k]
+        ok = [w for w in sorted(errors) if sum(errors[w][i] for i in idx) / len(idx) <= bound]
+        schedule.append(ok[0] if ok else max(errors))
+    return tuple(schedule)
+
+
+# -- 3. gate ------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n: int, steps: int,
+                      cfg_scale: float, seed: int, batch: int = 16) -> dict[str, torch.Tensor]:
+    """Gate inputs and per-patch targets along sampler-like trajectories with random skip patterns.
+
+    Returns x (N, C, H, W), t (N,), eps_cached, eps_delta, target (N, Hp, Wp) over all gated steps.
+    """
+    cfg, unet = model.config, model.unet
+    schedule = Schedule(cfg.train_timesteps)
+    timesteps = schedule.sampling_timesteps(steps)
+    rng = random.Random(seed)
+    p, nb = cfg.patch_size, cfg.image_size // cfg.block_size
+    rows = {k: [] for k in ("x", "t", "eps_cached", "eps_delta", "target")}
+    for start in range(0, n, batch):
+        B = min(batch, n - start)
+        x = make_noise(cfg, B, seed * 7919 + start)
+        labels = torch.tensor([rng.randrange(cfg.num_classes) for _ in range(B)])
+        eps_cached = torch.zeros_like(x)
+        eps_delta = torch.zeros_like(x)
+        skip_run = torch.zeros(B, nb, nb, dtype=torch.long)
+        warmup, refresh, max_skips = rng.choice([1, 2, 3]), rng.choice([0, 4, 5, 8]), rng.choice([2, 3, 4])
+        keep_prob = rng.uniform(0.1, 0.9)             # how often a block is recomputed on a gated step
+        prev_width = None
+        for i, t in enumerate(timesteps):
+            width = width_for_step(width_schedule, i, steps)
+            fresh_eps, fresh_x0 = guided_eps(unet, x, t, labels, width, cfg_scale, schedule, cfg)
+            dense = i < warmup or width != prev_width or (refresh and (i - warmup) % refresh == 0)
+            if not dense:                              # this is a step the gate decides: record it
+                diff = (fresh_eps - eps_cached).square().mean(1, keepdim=True)          # (B, 1, H, W)
+                rows["x"].append(x.clone())
+                rows["t"].append(torch.full((B,), float(t)))
+                rows["eps_cached"].append(eps_cached.clone())
+                rows["eps_delta"].append(eps_delta.clone())
+                rows["target"].append(F.avg_pool2d(diff, p)[:, 0].sqrt())             # (B, Hp, Wp)
+                gen = torch.Generator().manual_seed(seed * 131 + start * 17 + i)
+                blocks = (torch.rand(B, nb, nb, generator=gen) < keep_prob) | (skip_run >= max_skips)
+            else:
+                blocks = torch.ones(B, nb, nb, dtype=torch.bool)
+            computed = blocks.repeat_interleave(cfg.block_size, 1).repeat_interleave(cfg.block_size, 2)[:, None]
+            eps_delta = torch.where(computed, fresh_eps - eps_cached, eps_delta)
+            eps_cached = torch.where(computed, fresh_eps, eps_cached)
+            alpha, sigma = schedule.alpha_sigma(t)
+            x0 = torch.where(computed, fresh_x0, (x - sigma * eps_cached) / alpha)
+            a_prev, s_prev = schedule.alpha_sigma(timesteps[i + 1] if i + 1 < steps else -1)
+            x = a_prev * x0 + s_prev * eps_cached
+            skip_run = torch.where(blocks, torch.zeros_like(skip_run), skip_run + 1)
+            prev_width = width
+    return {k: torch.cat(v) for k, v in rows.items()}
+
+
+LOG_FLOOR = 1e-3   # residuals below this are all "negligible" to the gate's log-space loss
+
+
+def gate_loss(gate, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    pred = gate(batch["x"], batch["t"], batch["eps_cached"], batch["eps_delta"])   # (B, Hp, Wp)
+    return (torch.log(pred + LOG_FLOOR) - torch.log(batch["target"] + LOG_FLOOR)).square().mean()
+
+
+@torch.no_grad()
+def gate_report(gate, data: dict[str, torch.Tensor], thresholds: tuple[float, ...]) -> dict:
+    """Held-out error of the gate: log-space RMSE, rank correlation proxy, and skip-decision accuracy."""
+    pred = gate(data["x"], data["t"], data["eps_cached"], data["eps_delta"])
+    target = data["target"]
+    log_rmse = float((torch.log(pred + LOG_FLOOR) - torch.log(target + LOG_FLOOR)).square().mean().sqrt())
+    pc, tc = pred.flatten() - pred.mean(), target.flatten() - target.mean()
+    corr = float((pc * tc).sum() / (pc.norm() * tc.norm()).clamp(min=1e-12))
+    decisions = {}
+    for tau in thresholds:
+        truth, guess = target >= tau, pred >= tau
+        decisions[str(tau)] = {"accuracy": float((truth == guess).float().mean()),
+                               "missed_recomputes": float((truth & ~guess).float().mean()),
+                               "true_skip_fraction": float((~truth).float().mean())}
+    return {"log_rmse": log_rmse, "pearson": corr, "decisions": decisions,
+            "target_median": float(target.median()), "n_patches": int(target.numel())}
+
+
+def train_gate(gate, train: dict[str, torch.Tensor], steps: int, seed: int, batch: int = 64,
+               lr: float = 2e-3) -> list[float]:
+    gen = torch.Generator().manual_seed(seed)
+    gate.requires_grad_(True).train()
+    opt = torch.optim.AdamW(gate.parameters(), lr=lr, weight_decay=1e-4)
+    n, losses = len(train["t"]), []
+    for step in range(steps):
+        idx = torch.randint(n, (batch,), generator=gen)
+        loss = gate_loss(gate, {k: v[idx] for k, v in train.items()})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, 50)
+        opt.step()
+        losses.append(loss.item())
+    gate.requires_grad_(False).eval()
+    return losses
+
+
+# -- driver ---------------------------------------------------------------------------------------------
+
+def train_student(s: StudentSettings) -> dict:
+    d = init_distributed()
+    torch.set_num_threads(max(1, torch.get_num_threads() // d.world))
+    teacher_ck = load_checkpoint(s.teacher)
+    if teacher_ck.kind != "teacher":
+        raise NitroGenInputError(f"--teacher {s.teacher!r} is a {teacher_ck.kind!r} checkpoint; give the teacher")
+    data = load_image_folder(s.data, teacher_ck.config.image_size)
+    if tuple(data.classes) != tuple(teacher_ck.labels):
+        raise NitroGenInputError(f"--data classes {list(data.classes)} differ from the teacher's labels "
+                                 f"{list(teacher_ck.labels)}")
+    cfg = teacher_ck.config
+    run = RunDir(s.out_dir, d)
+    run.check_or_write_config({**asdict(s), "config": cfg.to_dict(), "classes": list(data.classes), "world": d.world})
+
+    teacher = teacher_ck.model
+    student = NitroGenModel(cfg)
+    student.unet.load_state_dict(teacher.unet.state_dict())
+    ema = copy.deepcopy(student).requires_grad_(False).eval()
+    params = list(student.unet.parameters())
+    opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    schedule = Schedule(cfg.train_timesteps)
+    x_all = data.as_float()
+
+    step, seconds = 0, 0.0
+    state = run.load_state()
+    if state is not None:
+        tensors, meta = state
+        load_module("model", student.unet, tensors)
+        load_module("ema", ema, tensors)
+        load_optimizer(opt, tensors, meta["param_groups"])
+        step, seconds = meta["step"], meta["seconds"]
+        if d.main:
+            print(f"resuming {run.path} at distillation step {step}/{s.steps}", file=sys.stderr)
+    broadcast_parameters(student.unet, d)
+    broadcast_parameters(ema, d)
+
+    def save() -> None:
+        tensors, groups = optimizer_tensors(opt)
+        run.save_state({**module_tensors("model", student.unet), **module_tensors("ema", ema), **tensors},
+                       {"step": step, "seconds": seconds, "param_groups": groups})
+
+    timer = Timer(s.minutes, s.stop_after, step)
+    bar = tqdm(total=s.steps, initial=step, desc="student", unit="step", file=sys.stderr, disable=not d.main)
+    last = time.monotonic()
+    while step < s.steps and not timer.expired(step):
+        gen = step_generator(s.seed, step, d)
+        idx = batch_indices(len(x_all), s.batch, step, s.seed, d)
+        labels = drop_labels(data.labels[idx], cfg.num_classes, s.label_dropout, gen)
+        opt.zero_grad(set_to_none=True)
+        losses = distill_step(student.unet, teacher.unet, x_all[idx], labels, schedule, gen, cfg, s.min_snr)
+        average_gradients(params, d)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        lr = learning_rate(step, s.steps, s.lr, s.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        ema_update(ema.unet, student.unet, step, s.ema)
+        step += 1
+        now = time.monotonic()
+        seconds += now - last
+        last = now
+        losses = {w: all_mean(v, d) for w, v in losses.items()}
+        if d.main:
+            bar.update(1)
+            bar.set_postfix(loss_full=f"{losses.get(1.0, float('nan')):.4f}",
+                            loss_025=f"{losses.get(min(cfg.widths), float('nan')):.4f}")
+        if step % 25 == 0 or step == s.steps:
+            run.log({"step": step, "lr": lr, "seconds": round(seconds, 1),
+                     **{f"loss_w{w}": v for w, v in losses.items()}})
+        if step % s.save_every == 0:
+            save()
+        if d.main and (step % s.sample_every == 0 or step == s.steps):
+            sample_grid(ema, data.classes, run.path / "samples" / f"student_{step:06d}.png", s.sample_cfg)
+    bar.close()
+    save()
+    if step < s.steps:
+        if d.main:
+            print(f"stopped at distillation step {step}/{s.steps} (--minutes); rerun to continue", file=sys.stderr)
+        return {"step": step, "done": False, "unet": student.unet}
+    if not d.main:                 # calibration and gate training are cheap: rank 0 does them
+        return {"step": step, "done": True, "unet": student.unet}
+    result = _finish(s, run, ema, teacher, data, seconds)
+    result["unet"] = student.unet
+    return result
+
+
+def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: NitroGenModel, data,
+            distill_seconds: float) -> dict:
+    cfg = student.config
+    t0 = time.monotonic()
+    print("measuring width errors along teacher trajectories", file=sys.stderr)
+    errors = width_errors(student.unet, teacher.unet, cfg, s.sample_steps, s.sample_cfg, n=16, seed=s.seed + 1)
+    width_schedule = choose_width_schedule(errors, s.width_error_bound, SCHEDULE_SEGMENTS)
+    print(f"width schedule {width_schedule} (bound {s.width_error_bound})", file=sys.stderr)
+
+    print(f"collecting gate trajectories ({s.gate_trajectories} train + 16 held out)", file=sys.stderr)
+    train_set = gate_trajectories(student, width_schedule, s.gate_trajectories, s.sample_steps, s.sample_cfg,
+                                  seed=s.seed + 2)
+    held_out = gate_trajectories(student, width_schedule, 16, s.sample_steps, s.sample_cfg, seed=s.seed + 3)
+    torch.manual_seed(s.seed)
+    gate_losses = train_gate(student.gate, train_set, s.gate_steps, seed=s.seed)
+    student.gate.eval()
+    report = gate_report(student.gate, held_out, thresholds=(0.02, 0.05, 0.1))
+    print(f"gate held-out: log-RMSE {report['log_rmse']:.3f}, pearson {report['pearson']:.3f}", file=sys.stderr)
+    calib_seconds = time.monotonic() - t0
+
+    summary = {"width_errors": errors, "width_schedule": width_schedule, "gate": report,
+               "gate_final_train_loss": sum(gate_losses[-50:]) / min(50, len(gate_losses)),
+               "distill_seconds": round(distill_seconds, 1), "calibration_seconds": round(calib_seconds, 1)}
+    (run.path / "calibration.json").write_text(json.dumps(summary, indent=1))
+    out = run.path / "student.safetensors"
+    from ..__main__ import _git_commit
+    save_checkpoint(out, student, kind="student", labels=list(data.classes), width_schedule=width_schedule,
+                    train={"stage": "student", "teacher": s.teacher, "data": s.data, "distill_steps": s.steps,
+                           "seed": s.seed, "seconds": round(distill_seconds + calib_seconds, 1),
+                           "width_error_bound": s.width_error_bound, "gate_log_rmse": report["log_rmse"],
+                           "commit": _git_commit()},
+                    sampler={"steps": s.sample_steps, "cfg": s.sample_cfg})
+    print(f"student done: {out}", file=sys.stderr)
+    return {"step": s.steps, "done": True, "checkpoint": str(out), **summary}

@@ -1,0 +1,181 @@
+"""Training: resumable runs equal uninterrupted ones, the exported checkpoints load, two-process
+torchrun keeps ranks identical, and the student's schedule/gate helpers do what they say."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from nitrogen_core.checkpoint import load_checkpoint
+from nitrogen_core.errors import NitroGenInputError
+from nitrogen_core.train.common import Dist, batch_indices, learning_rate
+from nitrogen_core.train.student import (StudentSettings, choose_width_schedule, gate_report, gate_trajectories,
+                                         sandwich_widths, train_student)
+from nitrogen_core.train.teacher import TeacherSettings, train_teacher
+
+REPO = Path(__file__).resolve().parent.parent
+COLORS = {"blue": (30, 60, 220), "red": (220, 40, 40), "green": (40, 180, 60)}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 classes x 4 images of 16 px: a coloured disc at varying positions on white."""
+    root = tmp_path_factory.mktemp("data")
+    for name, color in COLORS.items():
+        (root / name).mkdir()
+        for i in range(4):
+            im = Image.new("RGB", (16, 16), (255, 255, 255))
+            px = im.load()
+            cx, cy = 5 + 2 * i, 8
+            for y in range(16):
+                for x in range(16):
+                    if (x - cx) ** 2 + (y - cy) ** 2 <= 16:
+                        px[x, y] = color
+            im.save(root / name / f"{i}.png")
+    return root
+
+
+def teacher_settings(data: Path, out: Path, **kw) -> TeacherSettings:
+    base = dict(data=str(data), out_dir=str(out), preset="tiny", steps=4, batch=4, warmup=2,
+                sample_every=10_000, save_every=1)
+    base.update(kw)
+    return TeacherSettings(**base)
+
+
+def state_digest(run: Path) -> str:
+    tensors = load_file(str(run / "train_state.safetensors"))
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("teacher")
+    assert train_teacher(teacher_settings(tiny_data, run))["done"]
+    return run
+
+
+def test_resumed_teacher_equals_uninterrupted(tiny_data, teacher_run, tmp_path):
+    first = train_teacher(teacher_settings(tiny_data, tmp_path, stop_after=2))
+    assert first["step"] == 2 and not first["done"]
+    second = train_teacher(teacher_settings(tiny_data, tmp_path, stop_after=None))
+    assert second["step"] == 4 and second["done"]
+    assert state_digest(tmp_path) == state_digest(teacher_run)   # weights, EMA and optimizer, bit for bit
+
+
+def test_teacher_checkpoint_loads(teacher_run):
+    ck = load_checkpoint(teacher_run / "teacher.safetensors")
+    assert ck.kind == "teacher" and ck.labels == ("blue", "green", "red")
+    assert ck.train["steps"] == 4 and ck.width_schedule == (1.0,)
+    assert (teacher_run / "log.jsonl").read_text().strip()
+    assert any((teacher_run / "samples").glob("teacher_*.png"))
+
+
+def test_rerun_with_other_settings_is_refused(tiny_data, teacher_run):
+    with pytest.raises(NitroGenInputError, match="different command") as info:
+        train_teacher(teacher_settings(tiny_data, teacher_run, batch=8))
+    assert "batch" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
+    s = StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data), out_dir=str(tmp_path),
+                        steps=2, batch=4, warmup=1, sample_every=10_000, gate_trajectories=4, gate_steps=5,
+                        sample_steps=6)
+    result = train_student(s)
+    ck = load_checkpoint(tmp_path / "student.safetensors")
+    assert ck.kind == "student" and ck.labels == ("blue", "green", "red")
+    assert ck.width_schedule == tuple(result["width_schedule"]) and len(ck.width_schedule) == 4
+    fresh_gate = load_checkpoint(teacher_run / "teacher.safetensors").model.gate.state_dict()
+    assert any(not torch.equal(v, fresh_gate[k]) for k, v in ck.model.gate.state_dict().items())
+    assert 0 <= result["gate"]["decisions"]["0.05"]["accuracy"] <= 1
+
+
+def test_student_refuses_a_student_as_teacher(tiny_data, teacher_run, tmp_path):
+    student_run = tmp_path / "s"
+    train_student(StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data),
+                                  out_dir=str(student_run), steps=1, batch=4, warmup=1, sample_every=10_000,
+                                  gate_trajectories=2, gate_steps=2, sample_steps=4))
+    with pytest.raises(NitroGenInputError, match="give the teacher"):
+        train_student(StudentSettings(teacher=str(student_run / "student.safetensors"), data=str(tiny_data),
+                                      out_dir=str(tmp_path / "s2")))
+
+
+def test_choose_width_schedule_takes_narrowest_under_bound():
+    errors = {0.25: [0.05, 0.05, 0.3, 0.3], 0.5: [0.2, 0.2, 0.08, 0.3], 1.0: [0.0, 0.0, 0.0, 0.0]}
+    assert choose_width_schedule(errors, 0.1, 4) == (0.25, 0.25, 0.5, 1.0)
+    assert choose_width_schedule(errors, 0.1, 2) == (0.25, 1.0)     # segment means: 0.25 -> 0.05; 0.5 -> 0.19
+
+
+def test_sandwich_always_has_largest_and_smallest():
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        ws = sandwich_widths((0.25, 0.5, 0.75, 1.0), gen)
+        assert ws[0] == 1.0 and ws[1] == 0.25 and ws[2] in (0.5, 0.75)
+        seen.add(ws[2])
+    assert seen == {0.5, 0.75}
+
+
+def test_batches_split_ranks_disjointly():
+    a = batch_indices(40, 5, step=3, seed=1, d=Dist(0, 2))
+    b = batch_indices(40, 5, step=3, seed=1, d=Dist(1, 2))
+    assert len(a) == len(b) == 5 and not set(a.tolist()) & set(b.tolist())
+    assert torch.equal(a, batch_indices(40, 5, step=3, seed=1, d=Dist(0, 2)))   # stateless: resumable
+
+
+def test_learning_rate_warms_up_then_decays():
+    lrs = [learning_rate(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(x >= y for x, y in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.05, abs=1e-3)
+
+
+def test_gate_targets_are_skip_errors(teacher_run):
+    ck = load_checkpoint(teacher_run / "teacher.safetensors")
+    data = gate_trajectories(ck.model, (1.0,), n=2, steps=6, cfg_scale=1.5, seed=0)
+    cfg = ck.config
+    grid = cfg.image_size // cfg.patch_size
+    assert data["target"].shape[1:] == (grid, grid) and (data["target"] >= 0).all()
+    assert data["x"].shape[0] == data["target"].shape[0] > 0
+    report = gate_report(ck.model.gate, data, thresholds=(0.05,))
+    assert set(report) >= {"log_rmse", "pearson", "decisions"}
+
+
+TORCHRUN_SCRIPT = textwrap.dedent("""
+    import hashlib, os, sys
+    import torch
+    from nitrogen_core.train.teacher import TeacherSettings, train_teacher
+    data, out, digests = sys.argv[1:4]
+    result = train_teacher(TeacherSettings(data=data, out_dir=out, preset="tiny", steps=3, batch=2, warmup=1,
+                                           sample_every=10_000, save_every=1))
+    h = hashlib.sha256()
+    for name, t in sorted(result["unet"].state_dict().items()):
+        h.update(t.numpy().tobytes())
+    with open(os.path.join(digests, "rank%s" % os.environ["RANK"]), "w") as f:
+        f.write(h.hexdigest())
+""")
+
+
+def test_torchrun_two_processes_keep_identical_weights(tiny_data, tmp_path):
+    script = tmp_path / "ddp_teacher.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    digests = tmp_path / "digests"
+    digests.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tiny_data), str(tmp_path / "run"), str(digests)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d0, d1 = (digests / "rank0").read_text(), (digests / "rank1").read_text()
+    assert d0 == d1
+    assert load_checkpoint(tmp_path / "run" / "teacher.safetensors").train["batch"] == 4   # 2 ranks x 2
