@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from nitrogen_core.checkpoint import load_checkpoint
 from nitrogen_core.errors import NitroGenInputError
 from nitrogen_core.train.common import Dist, batch_indices, learning_rate
-from nitrogen_core.train.student import (StudentSettings, choose_width_schedule, gate_report, gate_trajectories,
+from nitrogen_core.train.student import (StudentSettings, choose_threshold, choose_width_schedule, gate_report, gate_trajectories,
                                          sandwich_widths, train_student)
 from nitrogen_core.train.teacher import TeacherSettings, train_teacher
 
@@ -179,3 +179,11 @@ def test_torchrun_two_processes_keep_identical_weights(tiny_data, tmp_path):
     d0, d1 = (digests / "rank0").read_text(), (digests / "rank1").read_text()
     assert d0 == d1
     assert load_checkpoint(tmp_path / "run" / "teacher.safetensors").train["batch"] == 4   # 2 ranks x 2
+
+
+def test_choose_threshold_keeps_worst_image_above_floor():
+    rows = [{"threshold": 0.0, "psnr_min": 60.0}, {"threshold": 0.01, "psnr_min": 35.0},
+            {"threshold": 0.05, "psnr_min": 31.0}, {"threshold": 0.1, "psnr_min": 33.0}]
+    assert choose_threshold(rows, 32.0) == 0.01      # 0.05 fails, so 0.1 is not trusted either
+    assert choose_threshold(rows, 30.0) == 0.1
+    assert choose_threshold(rows, 70.0) == 0.0

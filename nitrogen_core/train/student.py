@@ -67,6 +67,7 @@ class StudentSettings:
     sample_steps: int = 20
     sample_cfg: float = 1.5
     width_error_bound: float = 0.1
+    psnr_floor: float = 32.0        # default threshold: the largest tau whose images stay this close to full
     gate_trajectories: int = 48
     gate_steps: int = 1500
 
@@ -243,6 +244,49 @@ def train_gate(gate, train: dict[str, torch.Tensor], steps: int, seed: int, batc
     return losses
 
 
+# -- 4. default threshold -------------------------------------------------------------------------------
+
+THRESHOLD_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = (a - b).square().flatten(1).mean(1).clamp(min=1e-12)
+    return 10 * torch.log10(4.0 / mse)
+
+
+@torch.no_grad()
+def threshold_sweep(model: NitroGenModel, width_schedule: tuple[float, ...], steps: int, cfg_scale: float,
+                    n: int, seed: int) -> list[dict]:
+    """MACs and PSNR of the adaptive sampler (with the width schedule) over THRESHOLD_GRID, against
+    full compute: width 1.0, every patch, every step, same seeds. Threshold 0 isolates the widths."""
+    from ..sampler import sample
+    cfg = model.config
+    noise = make_noise(cfg, n, seed)
+    labels = torch.arange(n) % cfg.num_classes
+    full = sample(model, noise, labels, SamplerSettings(steps=steps, cfg=cfg_scale, mode="full"),
+                  width_schedule=(1.0,))
+    rows = []
+    for tau in THRESHOLD_GRID:
+        res = sample(model, noise, labels, SamplerSettings(steps=steps, cfg=cfg_scale, threshold=tau),
+                     width_schedule=width_schedule)
+        p = psnr(res.images, full.images)
+        rows.append({"threshold": tau, "mac_ratio": res.record.macs_used / full.record.macs_full,
+                     "psnr_mean": float(p.mean()), "psnr_min": float(p.min())})
+    return rows
+
+
+def choose_threshold(rows: list[dict], psnr_floor: float) -> float:
+    """The largest threshold up to which every swept threshold keeps the worst image at psnr_floor dB
+    or more against full compute (0 when even the smallest fails)."""
+    chosen = 0.0
+    for r in sorted(rows, key=lambda r: r["threshold"]):
+        if r["psnr_min"] < psnr_floor:
+            break
+        chosen = r["threshold"]
+    return chosen
+
+
 # -- driver ---------------------------------------------------------------------------------------------
 
 def train_student(s: StudentSettings) -> dict:
@@ -349,9 +393,16 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     student.gate.eval()
     report = gate_report(student.gate, held_out, thresholds=(0.02, 0.05, 0.1))
     print(f"gate held-out: log-RMSE {report['log_rmse']:.3f}, pearson {report['pearson']:.3f}", file=sys.stderr)
+
+    print("choosing the default threshold", file=sys.stderr)
+    sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg, n=2 * cfg.num_classes,
+                            seed=s.seed + 4)
+    threshold = choose_threshold(sweep, s.psnr_floor)
+    print(f"default threshold {threshold} (worst PSNR to full >= {s.psnr_floor} dB)", file=sys.stderr)
     calib_seconds = time.monotonic() - t0
 
     summary = {"width_errors": errors, "width_schedule": width_schedule, "gate": report,
+               "threshold_sweep": sweep, "threshold": threshold,
                "gate_final_train_loss": sum(gate_losses[-50:]) / min(50, len(gate_losses)),
                "distill_seconds": round(distill_seconds, 1), "calibration_seconds": round(calib_seconds, 1)}
     (run.path / "calibration.json").write_text(json.dumps(summary, indent=1))
@@ -362,6 +413,6 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
                            "seed": s.seed, "seconds": round(distill_seconds + calib_seconds, 1),
                            "width_error_bound": s.width_error_bound, "gate_log_rmse": report["log_rmse"],
                            "commit": _git_commit()},
-                    sampler={"steps": s.sample_steps, "cfg": s.sample_cfg})
+                    sampler={"steps": s.sample_steps, "cfg": s.sample_cfg, "threshold": threshold})
     print(f"student done: {out}", file=sys.stderr)
     return {"step": s.steps, "done": True, "checkpoint": str(out), **summary}
