@@ -15,8 +15,9 @@ Adaptive mode, per step (DESIGN §1.3):
 - Budget: MACs per image never exceed budget * macs_full. A step that would overrun keeps only
   the blocks that fit, highest predicted residual (or stalest) first; if nothing fits, the step
   reuses every cached eps.
-- threshold 0: every patch is always recomputed and the gate is not run, so the result is
-  identical to `full` (same ops, same order).
+- Full compute means width 1.0, every patch, every step. `full` mode and threshold 0 both run
+  exactly that (same ops, same order, identical results), whatever the width schedule says;
+  the schedule applies to adaptive runs with a threshold above 0.
 """
 from __future__ import annotations
 
@@ -155,7 +156,10 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     nb = cfg.image_size // cfg.block_size                 # blocks per side
     per_block = cfg.block_size // cfg.patch_size         # patches per block side
     grid = cfg.image_size // cfg.patch_size              # patches per side
-    widths = [width_for_step(width_schedule, i, settings.steps) for i in range(settings.steps)]
+    if use_gate:
+        widths = [width_for_step(width_schedule, i, settings.steps) for i in range(settings.steps)]
+    else:
+        widths = [1.0] * settings.steps                                    # full compute is width 1.0
     last_segment_start = max(i for i in range(settings.steps) if i == 0 or widths[i] != widths[i - 1])
 
     # MAC accounting: full compute is the width-1.0 dense forward every step, both CFG halves.

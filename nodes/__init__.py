@@ -1,9 +1,22 @@
-"""Thin ComfyUI adapters for NitroGen: the only place that imports comfy.* / folder_paths.
+"""Thin ComfyUI adapters for NitroGen: the only place that touches comfy.* / folder_paths.
 
-Empty for now. The three nodes (NitroGen Loader, NitroGen Adaptive Sampler,
-NitroGen Compute Map) land with the ComfyUI-nodes issue; until then the pack
-loads in ComfyUI and registers nothing.
+    NitroGen Loader ──NITROGEN_MODEL──▶ NitroGen Adaptive Sampler ──IMAGE──▶ Preview/Save
+                                              └─NITROGEN_COMPUTE──▶ NitroGen Compute Map ──IMAGE──▶ Preview/Save
+
+ComfyUI's modules are imported lazily, on call, through `_comfy` (never at import), and the
+library is reached by relative imports (`..nitrogen_core`), since ComfyUI loads the pack by path.
 """
+from .compute_map import NitroGenComputeMap
+from .loader import NitroGenLoader
+from .sampling import NitroGenAdaptiveSampler
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "NitroGenLoader": NitroGenLoader,
+    "NitroGenAdaptiveSampler": NitroGenAdaptiveSampler,
+    "NitroGenComputeMap": NitroGenComputeMap,
+}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "NitroGenLoader": "NitroGen Loader",
+    "NitroGenAdaptiveSampler": "NitroGen Adaptive Sampler",
+    "NitroGenComputeMap": "NitroGen Compute Map",
+}

@@ -80,8 +80,12 @@ def test_threshold_zero_reproduces_full(model, noise, labels, guidance, schedule
     assert masks(zero.record).all() and all(s.dense for s in zero.record.steps)
     assert np.array_equal(zero.record.macs_used_per_image, full.record.macs_used_per_image)
     assert full.images.shape == noise.shape and torch.isfinite(full.images).all()
-    if schedule == (0.5, 1.0):
-        assert full.record.widths == (0.5,) * (STEPS // 2) + (1.0,) * (STEPS // 2)
+    assert full.record.widths == (1.0,) * STEPS                 # full compute ignores the width schedule
+
+
+def test_width_schedule_applies_to_gated_runs(model, noise, labels):
+    rec = sample(model, noise, labels, settings(cfg=2.0), width_schedule=(0.5, 1.0)).record
+    assert rec.widths == (0.5,) * (STEPS // 2) + (1.0,) * (STEPS // 2)
 
 
 # -- determinism ------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ class Gate(nn.Module):
         h = torch.cat([x_t, eps_cached, eps_delta], dim=1)                        # (B, 9, H, W)
         for conv in self.convs:
             h = F.silu(conv(h))                                                   # (B, c, H/2^i, W/2^i)
-        scale, shift = self.film(timestep_embedding(t, self.cfg.gate_channels)).chunk(2, dim=1)
+        t_emb = timestep_embedding(t, self.cfg.gate_channels).to(self.film.weight.dtype)
+        scale, shift = self.film(t_emb).chunk(2, dim=1)
         h = h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
         h = self.head2(F.silu(self.head1(h)))                                     # (B, 1, Hp, Wp)
         return F.softplus(h[:, 0])

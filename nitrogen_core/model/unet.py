@@ -115,7 +115,8 @@ class UNet(nn.Module):
 
     def embed(self, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B,) timesteps and (B,) labels -> (B, emb). labels == num_classes is the null class."""
-        return self.time_mlp(timestep_embedding(t, self.cfg.base_channels)) + self.class_emb(labels)
+        t_emb = timestep_embedding(t, self.cfg.base_channels).to(self.class_emb.weight.dtype)
+        return self.time_mlp(t_emb) + self.class_emb(labels)
 
     def embed_macs(self) -> int:
         return sum(m.in_features * m.out_features for m in self.time_mlp if isinstance(m, nn.Linear))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import sys
 import time
@@ -32,15 +31,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..bench.metrics import psnr
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import NitroGenConfig
-from ..diffusion import Schedule, split_prediction, training_target
+from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, make_noise, width_for_step
-from .common import (Dist, RunDir, Timer, all_mean, average_gradients, batch_indices, broadcast_parameters,
+from .common import (RunDir, Timer, all_mean, average_gradients, batch_indices, broadcast_parameters,
                      ema_update, init_distributed, learning_rate, load_module, load_optimizer, module_tensors,
-                     optimizer_tensors, save_grid, step_generator)
+                     optimizer_tensors, step_generator)
 from .data import load_image_folder
 from .teacher import drop_labels, min_snr_weight, sample_grid
 
@@ -246,26 +246,19 @@ def train_gate(gate, train: dict[str, torch.Tensor], steps: int, seed: int, batc
 
 # -- 4. default threshold -------------------------------------------------------------------------------
 
-THRESHOLD_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = (a - b).square().flatten(1).mean(1).clamp(min=1e-12)
-    return 10 * torch.log10(4.0 / mse)
+THRESHOLD_GRID = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 
 
 @torch.no_grad()
 def threshold_sweep(model: NitroGenModel, width_schedule: tuple[float, ...], steps: int, cfg_scale: float,
                     n: int, seed: int) -> list[dict]:
-    """MACs and PSNR of the adaptive sampler (with the width schedule) over THRESHOLD_GRID, against
-    full compute: width 1.0, every patch, every step, same seeds. Threshold 0 isolates the widths."""
+    """MACs and PSNR of the adaptive sampler (gate + width schedule) over THRESHOLD_GRID, against
+    full compute (width 1.0, every patch, every step; what threshold 0 runs too), same seeds."""
     from ..sampler import sample
     cfg = model.config
     noise = make_noise(cfg, n, seed)
     labels = torch.arange(n) % cfg.num_classes
-    full = sample(model, noise, labels, SamplerSettings(steps=steps, cfg=cfg_scale, mode="full"),
-                  width_schedule=(1.0,))
+    full = sample(model, noise, labels, SamplerSettings(steps=steps, cfg=cfg_scale, mode="full"))
     rows = []
     for tau in THRESHOLD_GRID:
         res = sample(model, noise, labels, SamplerSettings(steps=steps, cfg=cfg_scale, threshold=tau),

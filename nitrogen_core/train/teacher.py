@@ -19,7 +19,6 @@ from tqdm import tqdm
 from ..checkpoint import save_checkpoint
 from ..config import preset
 from ..diffusion import Schedule, training_target
-from ..errors import NitroGenInputError
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, make_noise, sample
 from .common import (Dist, RunDir, Timer, all_mean, average_gradients, batch_indices, broadcast_parameters,

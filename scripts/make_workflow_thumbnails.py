@@ -1,0 +1,294 @@
+"""Render example_workflows/<name>.jpg from the real outputs of example_workflows/<name>.json.
+
+    python scripts/make_workflow_thumbnails.py                  # bundled checkpoint, all workflows
+    python scripts/make_workflow_thumbnails.py --ckpt FILE --out-dir /tmp/thumbs --allow-untrained
+
+It runs each workflow's nodes through this pack's node classes, loaded the way ComfyUI loads a
+custom-node folder (by path), with minimal stand-ins for the few ComfyUI functions the nodes call.
+No ComfyUI is needed. The thumbnail lays out what the workflow's PreviewImage/SaveImage nodes would
+show, in canvas reading order, each captioned with the node title.
+
+Thumbnails must show what the model really does, so an untrained checkpoint (train steps 0) is
+refused unless --allow-untrained, which is for checking this script only.
+
+The runner (`widget_inputs`, `widget_kwargs`, `run_workflow`, `to_api_prompt`) is reused by
+tests/test_nodes.py; `to_api_prompt` also gives the /prompt body for a test against a real ComfyUI.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = REPO / "example_workflows"
+PACK_NAME = "NitroGen_thumbnails"
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+# ComfyUI core nodes the example workflows may use: socket inputs and widgets, in order.
+CORE_NODES = {
+    "PreviewImage": {"inputs": [("images", "IMAGE")], "widgets": []},
+    "SaveImage": {"inputs": [("images", "IMAGE")], "widgets": [("filename_prefix", "STRING")]},
+}
+PANEL_HEIGHT = 256
+
+
+# -- reading a UI-format workflow ---------------------------------------------------------
+
+def is_widget(spec: tuple) -> bool:
+    kind = spec[0]
+    return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES
+
+
+def all_inputs(cls) -> list[tuple[str, tuple]]:
+    """(name, spec) of every input, required then optional, in declaration order."""
+    types = cls.INPUT_TYPES()
+    return [(name, spec) for group in ("required", "optional") for name, spec in types.get(group, {}).items()]
+
+
+def widget_inputs(cls) -> list[tuple[str, tuple]]:
+    return [(name, spec) for name, spec in all_inputs(cls) if is_widget(spec)]
+
+
+def socket_inputs(cls) -> list[tuple[str, str]]:
+    return [(name, spec[0]) for name, spec in all_inputs(cls) if not is_widget(spec)]
+
+
+def widget_kwargs(cls, values: list) -> dict:
+    """Map a node's widgets_values onto its widget inputs. A widget with control_after_generate is
+    followed by one extra value (fixed/increment/decrement/randomize), which the frontend keeps."""
+    out, i = {}, 0
+    for name, spec in widget_inputs(cls):
+        if i >= len(values):
+            raise ValueError(f"{cls.__name__}: widgets_values has {len(values)} entries, too few for {name!r}")
+        out[name] = values[i]
+        i += 1
+        options = spec[1] if len(spec) > 1 else {}
+        if options.get("control_after_generate"):
+            if i >= len(values) or values[i] not in CONTROL_VALUES:
+                raise ValueError(f"{cls.__name__}: {name!r} must be followed by one of {CONTROL_VALUES}")
+            i += 1
+    if i != len(values):
+        raise ValueError(f"{cls.__name__}: widgets_values has {len(values)} entries, expected {i}")
+    return out
+
+
+def topological(workflow: dict) -> list[dict]:
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    deps = {nid: set() for nid in nodes}
+    for _, src, _, dst, _, _ in workflow["links"]:
+        deps[dst].add(src)
+    order, done = [], set()
+    while len(order) < len(nodes):
+        ready = sorted(nid for nid in nodes if nid not in done and deps[nid] <= done)
+        if not ready:
+            raise ValueError("the workflow has a cycle")
+        for nid in ready:
+            order.append(nodes[nid])
+            done.add(nid)
+    return order
+
+
+def run_workflow(workflow: dict, classes: dict, overrides: dict | None = None) -> dict:
+    """Execute a UI-format workflow with our node classes.
+
+    overrides: {node type: {input name: value}} replacing widget values (e.g. another ckpt_name).
+    Returns {"outputs": {node id: result tuple}, "ui": {node id: ui dict},
+             "previews": [(node id, title, IMAGE tensor)] top to bottom, then left to right}.
+    """
+    overrides = overrides or {}
+    links = {lid: (src, slot) for lid, src, slot, _, _, _ in workflow["links"]}
+    outputs, ui, previews = {}, {}, []
+    for node in topological(workflow):
+        kind = node["type"]
+        linked = {}
+        for inp in node.get("inputs", []):
+            if inp.get("link") is not None:
+                src, slot = links[inp["link"]]
+                linked[inp["name"]] = outputs[src][slot]
+        if kind in CORE_NODES:
+            previews.append((node["id"], node.get("title", kind), linked["images"], node["pos"]))
+            continue
+        cls = classes[kind]
+        kwargs = {**widget_kwargs(cls, node.get("widgets_values", [])), **overrides.get(kind, {}), **linked}
+        result = getattr(cls(), cls.FUNCTION)(**kwargs)
+        if isinstance(result, dict):
+            ui[node["id"]] = result.get("ui")
+            result = result["result"]
+        outputs[node["id"]] = tuple(result)
+    previews.sort(key=lambda p: (p[3][1], p[3][0]))
+    return {"outputs": outputs, "ui": ui, "previews": [p[:3] for p in previews]}
+
+
+def to_api_prompt(workflow: dict, classes: dict, overrides: dict | None = None) -> dict:
+    """The API-format prompt ComfyUI's /prompt takes for a UI-format workflow:
+    {"<id>": {"class_type": type, "inputs": {widget: value, socket: ["<src id>", slot]}}}."""
+    overrides = overrides or {}
+    links = {lid: (src, slot) for lid, src, slot, _, _, _ in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        kind = node["type"]
+        if kind in CORE_NODES:
+            inputs = {name: value for (name, _), value in zip(CORE_NODES[kind]["widgets"], node["widgets_values"])}
+        else:
+            inputs = widget_kwargs(classes[kind], node.get("widgets_values", []))
+        inputs.update(overrides.get(kind, {}))
+        for inp in node.get("inputs", []):
+            if inp.get("link") is not None:
+                src, slot = links[inp["link"]]
+                inputs[inp["name"]] = [str(src), slot]
+        prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs}
+    return prompt
+
+
+# -- running outside ComfyUI --------------------------------------------------------------
+
+def install_standins(root: Path) -> None:
+    """Just enough of folder_paths / comfy.utils / comfy.model_management for the nodes."""
+    import torch
+
+    fp = ModuleType("folder_paths")
+    fp.models_dir = str(root / "models")
+    fp.folder_names_and_paths = {}
+
+    def get_full_path(folder, name):
+        for base in fp.folder_names_and_paths.get(folder, ([], None))[0]:
+            if (Path(base) / name).is_file():
+                return str(Path(base) / name)
+        return None
+
+    def get_full_path_or_raise(folder, name):
+        full = get_full_path(folder, name)
+        if full is None:
+            raise FileNotFoundError(f"{name} not found in {folder}")
+        return full
+
+    fp.get_full_path = get_full_path
+    fp.get_full_path_or_raise = get_full_path_or_raise
+    fp.get_filename_list = lambda folder: sorted(
+        p.name for base in fp.folder_names_and_paths[folder][0] if Path(base).is_dir()
+        for p in Path(base).iterdir() if p.suffix == ".safetensors")
+    fp.get_temp_directory = lambda: str(root / "temp")
+
+    comfy = ModuleType("comfy")
+    comfy.__path__ = []
+    utils = ModuleType("comfy.utils")
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            print(f"\r  step {value}/{total or self.total}", end="", file=sys.stderr, flush=True)
+
+    utils.ProgressBar = ProgressBar
+    mm = ModuleType("comfy.model_management")
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.intermediate_device = lambda: torch.device("cpu")
+    mm.throw_exception_if_processing_interrupted = lambda: None
+    comfy.utils, comfy.model_management = utils, mm
+    sys.modules.update({"folder_paths": fp, "comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm})
+
+
+def load_pack(name: str = PACK_NAME) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- the thumbnail ------------------------------------------------------------------------
+
+def panel(images, title: str):
+    """[B, H, W, 3] float 0..1 -> one captioned PIL panel PANEL_HEIGHT px tall (grid scaled by nearest)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    arr = (images.detach().cpu().float().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    b, h, w, _ = arr.shape
+    cols = math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    grid = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
+    for i in range(b):
+        r, c = divmod(i, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = arr[i]
+    img = Image.fromarray(grid)
+    scale = PANEL_HEIGHT / img.height
+    img = img.resize((max(1, round(img.width * scale)), PANEL_HEIGHT), Image.NEAREST)
+    out = Image.new("RGB", (img.width, PANEL_HEIGHT + 24), (255, 255, 255))
+    out.paste(img, (0, 24))
+    ImageDraw.Draw(out).text((4, 6), title, fill=(20, 20, 20))
+    return out
+
+
+def thumbnail(previews):
+    """Panels in canvas reading order (top to bottom, then left to right), two per row from four on."""
+    from PIL import Image
+
+    panels = [panel(images, title) for _, title, images in previews]
+    cols = 2 if len(panels) >= 4 else len(panels)
+    rows = [panels[i:i + cols] for i in range(0, len(panels), cols)]
+    gap = 8
+    width = max(sum(p.width for p in row) + gap * (len(row) - 1) for row in rows)
+    height = sum(max(p.height for p in row) for row in rows) + gap * (len(rows) - 1)
+    out = Image.new("RGB", (width, height), (255, 255, 255))
+    y = 0
+    for row in rows:
+        x = 0
+        for p in row:
+            out.paste(p, (x, y))
+            x += p.width + gap
+        y += max(p.height for p in row) + gap
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", default=None, help="checkpoint to run instead of the bundled one")
+    parser.add_argument("--out-dir", default=str(WORKFLOWS), help="where to write <name>.jpg (default example_workflows/)")
+    parser.add_argument("--allow-untrained", action="store_true", help="accept a checkpoint with 0 training steps")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="nitrogen-thumbs-") as tmp:
+        root = Path(tmp)
+        (root / "models" / "nitrogen").mkdir(parents=True)
+        install_standins(root)
+        pack = load_pack()
+        loader = sys.modules[f"{PACK_NAME}.nodes.loader"]
+        read_header = sys.modules[f"{PACK_NAME}.nitrogen_core.checkpoint"].read_header
+
+        overrides = {}
+        ckpt = Path(args.ckpt).resolve() if args.ckpt else loader.bundled_path()
+        if not ckpt.is_file():
+            print(f"error: checkpoint {ckpt} does not exist (train it first, or pass --ckpt)", file=sys.stderr)
+            return 2
+        if args.ckpt:
+            (root / "models" / "nitrogen" / ckpt.name).symlink_to(ckpt)
+            overrides = {"NitroGenLoader": {"ckpt_name": ckpt.name}}
+        train = read_header(ckpt)["train"]
+        if not train.get("steps") and not args.allow_untrained:
+            print(f"error: {ckpt} is untrained (train steps {train.get('steps')!r}); thumbnails would show noise. "
+                  "Pass --allow-untrained only to test this script.", file=sys.stderr)
+            return 2
+
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(WORKFLOWS.glob("*.json")):
+            workflow = json.loads(path.read_text())
+            print(f"{path.name}:", file=sys.stderr)
+            run = run_workflow(workflow, pack.NODE_CLASS_MAPPINGS, overrides)
+            print(file=sys.stderr)
+            target = out_dir / f"{path.stem}.jpg"
+            thumbnail(run["previews"]).save(target, quality=90)
+            print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
