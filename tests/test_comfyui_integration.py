@@ -1,0 +1,125 @@
+"""Against a real ComfyUI: the pack loads as a custom node folder, the three nodes and the example
+workflows are served, and the basic workflow runs through /prompt to images in /history and /view.
+
+Skipped unless COMFYUI_PATH points at a ComfyUI checkout. COMFYUI_PYTHON (default: this Python)
+must have ComfyUI's requirements installed. The server listens on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set; the real-ComfyUI check is skipped")
+PACK = "ComfyUI-NitroGen"
+OUR_NODES = ("NitroGenLoader", "NitroGenAdaptiveSampler", "NitroGenComputeMap")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _thumbnail_script():
+    spec = importlib.util.spec_from_file_location("nitrogen_thumbnails_script", REPO / "scripts" / "make_workflow_thumbnails.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
+    (base / "models" / "nitrogen").mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "nitrogen_core", "init", "--preset", "tiny", "--labels", "a,b,c",
+                    "--out", str(base / "models" / "nitrogen" / "tiny-test.safetensors")], cwd=REPO, check=True)
+    config = base / "extra_model_paths.yaml"
+    config.write_text(f"nitrogen_test:\n  base_path: {base}\n  custom_nodes: custom_nodes\n"
+                      f"  nitrogen: models/nitrogen\n")
+    port = _free_port()
+    log = open(base / "comfyui.log", "w")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--extra-model-paths-config", str(config), "--disable-auto-launch",
+                             "--output-directory", str(base / "output"), "--temp-directory", str(base)],
+                            cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            _get(url + "/object_info/NitroGenLoader", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("ComfyUI did not come up:\n" + (base / "comfyui.log").read_text()[-3000:])
+            time.sleep(1)
+    yield {"url": url, "base": base, "log": base / "comfyui.log"}
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_nodes_and_templates_are_served(server):
+    info = json.loads(_get(server["url"] + "/object_info"))
+    for name in OUR_NODES:
+        assert name in info, f"{name} missing from /object_info"
+        assert info[name]["category"] == "NitroGen"
+    ckpts = info["NitroGenLoader"]["input"]["required"]["ckpt_name"][0]
+    assert "tiny-test.safetensors" in ckpts                     # found through extra_model_paths.yaml
+    templates = json.loads(_get(server["url"] + "/workflow_templates"))
+    assert sorted(templates.get(PACK, [])) == ["basic", "compare"]
+
+
+def test_basic_workflow_runs(server):
+    script = _thumbnail_script()
+    workflow = json.loads((REPO / "example_workflows" / "basic.json").read_text())
+    pack = script.load_pack()
+    prompt = script.to_api_prompt(workflow, pack.NODE_CLASS_MAPPINGS,
+                                  overrides={"NitroGenLoader": {"ckpt_name": "tiny-test.safetensors"},
+                                             "NitroGenAdaptiveSampler": {"label": "a", "steps": 4}})
+    prompt_id = _post(server["url"] + "/prompt", {"prompt": prompt})["prompt_id"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        history = json.loads(_get(server["url"] + f"/history/{prompt_id}"))
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed"):
+            break
+        if prompt_id in history and history[prompt_id].get("status", {}).get("status_str") == "error":
+            pytest.fail(json.dumps(history[prompt_id]["status"])[-3000:])
+        time.sleep(0.5)
+    else:
+        pytest.fail("the prompt did not finish:\n" + server["log"].read_text()[-3000:])
+    outputs = history[prompt_id]["outputs"]
+    images = [img for out in outputs.values() for img in out.get("images", [])]
+    assert len(images) >= 2                                      # sample preview + heatmap
+    for img in images:
+        query = urllib.parse.urlencode({k: img[k] for k in ("filename", "subfolder", "type")})
+        data = _get(server["url"] + "/view?" + query)
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
