@@ -6,6 +6,7 @@ PYTHON ?= python3
 
 BUNDLED_CKPT   := checkpoints/nitrogen-emoji32.safetensors
 UNTRAINED_CKPT := outputs/untrained-emoji32.safetensors
+DEMO_LABEL     ?= 0
 
 .PHONY: demo test setup setup-test
 
@@ -32,6 +33,6 @@ demo: setup
 		$(PYTHON) -m nitrogen_core init --preset emoji32 --out "$(UNTRAINED_CKPT)"; \
 		ckpt="$(UNTRAINED_CKPT)"; \
 	fi; \
-	echo "$(PYTHON) -m nitrogen_core generate --ckpt $$ckpt --out outputs/demo.png --heatmap outputs/demo_heatmap.png"; \
-	$(PYTHON) -m nitrogen_core generate --ckpt "$$ckpt" --out outputs/demo.png --heatmap outputs/demo_heatmap.png; \
+	echo "$(PYTHON) -m nitrogen_core generate --ckpt $$ckpt --label $(DEMO_LABEL) --batch 4 --seed 1 --out outputs/demo.png --heatmap outputs/demo_heatmap.png"; \
+	$(PYTHON) -m nitrogen_core generate --ckpt "$$ckpt" --label $(DEMO_LABEL) --batch 4 --seed 1 --out outputs/demo.png --heatmap outputs/demo_heatmap.png; \
 	if [ -n "$$note" ]; then echo "$$note"; fi
