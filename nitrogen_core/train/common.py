@@ -200,6 +200,31 @@ def load_module(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.T
     module.load_state_dict(sub, strict=True)
 
 
+def restore_run(run: "RunDir", modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+                d: Dist) -> tuple[int, float]:
+    """Load RUN's training state into `modules` (by prefix) and `opt` if there is one, then make every
+    rank hold rank 0's weights. Returns (step, seconds trained so far)."""
+    step, seconds = 0, 0.0
+    state = run.load_state()
+    if state is not None:
+        tensors, meta = state
+        for prefix, module in modules.items():
+            load_module(prefix, module, tensors)
+        load_optimizer(opt, tensors, meta["param_groups"])
+        step, seconds = meta["step"], meta["seconds"]
+    for module in modules.values():
+        broadcast_parameters(module, d)
+    return step, seconds
+
+
+def save_run(run: "RunDir", modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+             step: int, seconds: float) -> None:
+    tensors, groups = optimizer_tensors(opt)
+    for prefix, module in modules.items():
+        tensors.update(module_tensors(prefix, module))
+    run.save_state(tensors, {"step": step, "seconds": seconds, "param_groups": groups})
+
+
 class Timer:
     """Budget of this invocation: `--minutes` of wall clock and/or a number of new steps.
     The run continues on the next rerun."""

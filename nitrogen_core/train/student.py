@@ -38,9 +38,8 @@ from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, make_noise, width_for_step
-from .common import (RunDir, Timer, all_mean, average_gradients, batch_indices, broadcast_parameters,
-                     ema_update, init_distributed, learning_rate, load_module, load_optimizer, module_tensors,
-                     optimizer_tensors, step_generator)
+from .common import (RunDir, Timer, all_mean, average_gradients, batch_indices, ema_update, init_distributed,
+                     learning_rate, restore_run, save_run, step_generator)
 from .data import load_image_folder
 from .teacher import drop_labels, min_snr_weight, sample_grid
 
@@ -305,23 +304,10 @@ def train_student(s: StudentSettings) -> dict:
     schedule = Schedule(cfg.train_timesteps)
     x_all = data.as_float()
 
-    step, seconds = 0, 0.0
-    state = run.load_state()
-    if state is not None:
-        tensors, meta = state
-        load_module("model", student.unet, tensors)
-        load_module("ema", ema, tensors)
-        load_optimizer(opt, tensors, meta["param_groups"])
-        step, seconds = meta["step"], meta["seconds"]
-        if d.main:
-            print(f"resuming {run.path} at distillation step {step}/{s.steps}", file=sys.stderr)
-    broadcast_parameters(student.unet, d)
-    broadcast_parameters(ema, d)
-
-    def save() -> None:
-        tensors, groups = optimizer_tensors(opt)
-        run.save_state({**module_tensors("model", student.unet), **module_tensors("ema", ema), **tensors},
-                       {"step": step, "seconds": seconds, "param_groups": groups})
+    modules = {"model": student.unet, "ema": ema}
+    step, seconds = restore_run(run, modules, opt, d)
+    if step and d.main:
+        print(f"resuming {run.path} at distillation step {step}/{s.steps}", file=sys.stderr)
 
     timer = Timer(s.minutes, s.stop_after, step)
     bar = tqdm(total=s.steps, initial=step, desc="student", unit="step", file=sys.stderr, disable=not d.main)
@@ -352,11 +338,11 @@ def train_student(s: StudentSettings) -> dict:
             run.log({"step": step, "lr": lr, "seconds": round(seconds, 1),
                      **{f"loss_w{w}": v for w, v in losses.items()}})
         if step % s.save_every == 0:
-            save()
+            save_run(run, modules, opt, step, seconds)
         if d.main and (step % s.sample_every == 0 or step == s.steps):
             sample_grid(ema, data.classes, run.path / "samples" / f"student_{step:06d}.png", s.sample_cfg)
     bar.close()
-    save()
+    save_run(run, modules, opt, step, seconds)
     if step < s.steps:
         if d.main:
             print(f"stopped at distillation step {step}/{s.steps} (--minutes); rerun to continue", file=sys.stderr)

@@ -21,9 +21,8 @@ from ..config import preset
 from ..diffusion import Schedule, training_target
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, make_noise, sample
-from .common import (Dist, RunDir, Timer, all_mean, average_gradients, batch_indices, broadcast_parameters,
-                     ema_update, init_distributed, learning_rate, load_module, load_optimizer, module_tensors,
-                     optimizer_tensors, save_grid, step_generator)
+from .common import (Dist, RunDir, Timer, all_mean, average_gradients, batch_indices, ema_update,
+                     init_distributed, learning_rate, restore_run, save_grid, save_run, step_generator)
 from .data import load_image_folder
 
 
@@ -103,23 +102,10 @@ def _train(s: TeacherSettings, d: Dist, data, cfg) -> dict:
     schedule = Schedule(cfg.train_timesteps)
     x_all = data.as_float()                                                  # (N, 3, H, W) in [-1, 1]
 
-    step, trained_seconds = 0, 0.0
-    state = run.load_state()
-    if state is not None:
-        tensors, meta = state
-        load_module("model", unet, tensors)
-        load_module("ema", ema_model.unet, tensors)
-        load_optimizer(opt, tensors, meta["param_groups"])
-        step, trained_seconds = meta["step"], meta["seconds"]
-        if d.main:
-            print(f"resuming {run.path} at step {step}/{s.steps}", file=sys.stderr)
-    broadcast_parameters(unet, d)
-    broadcast_parameters(ema_model.unet, d)
-
-    def save() -> None:
-        tensors, groups = optimizer_tensors(opt)
-        run.save_state({**module_tensors("model", unet), **module_tensors("ema", ema_model.unet), **tensors},
-                       {"step": step, "seconds": trained_seconds, "param_groups": groups})
+    modules = {"model": unet, "ema": ema_model.unet}
+    step, trained_seconds = restore_run(run, modules, opt, d)
+    if step and d.main:
+        print(f"resuming {run.path} at step {step}/{s.steps}", file=sys.stderr)
 
     timer = Timer(s.minutes, s.stop_after, step)
     bar = tqdm(total=s.steps, initial=step, desc="teacher", unit="step", file=sys.stderr, disable=not d.main)
@@ -151,11 +137,11 @@ def _train(s: TeacherSettings, d: Dist, data, cfg) -> dict:
             run.log({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                      "seconds": round(trained_seconds, 1)})
         if step % s.save_every == 0:
-            save()
+            save_run(run, modules, opt, step, trained_seconds)
         if d.main and (step % s.sample_every == 0 or step == s.steps):
             sample_grid(ema_model, data.classes, run.path / "samples" / f"teacher_{step:06d}.png", s.sample_cfg)
     bar.close()
-    save()
+    save_run(run, modules, opt, step, trained_seconds)
 
     done = step >= s.steps
     out = run.path / "teacher.safetensors"
