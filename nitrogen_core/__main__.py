@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_int, default=None, help="sampling steps (default: checkpoint's recommendation)")
     p.add_argument("--cfg", type=_finite_float, default=None, help="classifier-free guidance scale")
     p.add_argument("--threshold", type=_finite_float, default=None,
-                   help="gate threshold tau; a patch whose predicted change is below it is skipped (0 = full model)")
+                   help="quality threshold tau: a patch whose recomputation is predicted to change the final image "
+                        "by less than this (pixels in [-1, 1]) is skipped (0 = full compute)")
     p.add_argument("--budget", type=_finite_float, default=None,
                    help="max MACs per image as a fraction of full compute (default 1.0)")
     p.add_argument("--mode", default=None, help="sampler mode: full or adaptive (default adaptive)")

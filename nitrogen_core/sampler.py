@@ -3,12 +3,18 @@
 Adaptive mode, per step (DESIGN §1.3):
 - Dense steps: the first `warmup` steps, every `refresh_every` steps after them, and whenever
   the scheduled width changes (the activation cache belongs to one width).
-- Other steps ask the gate for each patch's predicted residual ||eps_fresh - eps_cached||.
-  A patch at or above the threshold is recomputed; below it, its cached eps is reused.
+- Other steps ask the gate for each patch's predicted residual r = ||eps_fresh - eps_cached||.
+  The threshold tau is in image units: reusing the cached eps at step i moves the final image
+  by about r * step_weight[i] (see image_weights), which is ~25x larger early than late.
+  A patch with r * step_weight[i] >= tau is recomputed; below it, its cached eps is reused.
   A patch skipped `max_skips` times in a row is recomputed anyway.
-- Exit: a block whose patches all stayed below the threshold for `exit_patience` gate calls in a
-  row is retired and never recomputed again. Exits happen only within the last width segment,
+- Exit: a block is retired, never recomputed again, once reusing its cached eps for every
+  remaining step is predicted to move the image by less than tau (r * sigma_t/alpha_t < tau)
+  for `exit_patience` gate calls in a row. Exits happen only within the last width segment,
   so no later width change can force a retired block back into a dense step.
+- A step that wants more than `dense_above` of the blocks runs as a dense step and refreshes
+  every block not retired: on the CPU torch executor a sparse step over ~40% of the blocks is
+  slower than a dense one, and sampling runs fastest at 0.25 (bench.adaptive_speed).
 - Patches are merged into `block_size` blocks for execution; every patch of a computed block
   gets its fresh eps, and the record's mask says exactly which patches were computed.
 - CFG: the conditional and unconditional halves share one mask; the gate sees the guided eps.
@@ -45,12 +51,13 @@ class SamplerSettings:
     steps: int = 20
     cfg: float = 1.5              # classifier-free guidance scale; 1.0 runs no unconditional half
     mode: str = "adaptive"
-    threshold: float = 0.05       # tau: predicted per-patch residual below which a patch is skipped
+    threshold: float = 0.003      # tau: predicted change of the final image (pixels in [-1, 1]) below which a patch is skipped
     budget: float = 1.0           # max MACs per image, as a fraction of full compute
     warmup: int = 2               # leading dense steps (all of them if steps <= warmup)
-    refresh_every: int = 5        # a dense refresh every this many steps after warm-up (0: never)
+    refresh_every: int = 3        # a dense refresh every this many steps after warm-up (0: never)
     max_skips: int = 3            # a patch skipped this many steps in a row is recomputed
-    exit_patience: int = 3        # gate calls in a row below threshold before a block exits (0: never)
+    exit_patience: int = 3        # gate calls in a row settled below threshold before a block exits (0: never)
+    dense_above: float = 0.25     # a step wanting more than this share of the blocks runs dense (1.0: never)
 
     def validate(self) -> "SamplerSettings":
         """Raise NitroGenInputError naming the first bad value; return self."""
@@ -58,7 +65,7 @@ class SamplerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise NitroGenInputError(f"{name}={value!r} must be an integer")
-        for name in ("cfg", "threshold", "budget"):
+        for name in ("cfg", "threshold", "budget", "dense_above"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise NitroGenInputError(f"{name}={value!r} must be a finite number")
@@ -73,6 +80,9 @@ class SamplerSettings:
             raise NitroGenInputError(f"threshold={self.threshold} is out of range; allowed {lo}..{hi} (0 = full compute)")
         if not 0.0 < self.budget <= 1.0:
             raise NitroGenInputError(f"budget={self.budget} is out of range; allowed (0, 1] as a fraction of full compute")
+        if not 0.0 <= self.dense_above <= 1.0:
+            raise NitroGenInputError(f"dense_above={self.dense_above} is out of range; allowed 0..1 "
+                                     f"(share of blocks above which a step runs dense)")
         if self.mode not in MODES:
             raise NitroGenInputError(f"mode={self.mode!r} is not one of {MODES}")
         if self.warmup < 1:
@@ -188,6 +198,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     used = torch.zeros(B, dtype=torch.int64)
     skip_run = torch.zeros(B, nb, nb, dtype=torch.int64)                     # steps since last computed
     below_run = torch.zeros(B, nb, nb, dtype=torch.int64)                    # gate calls in a row below tau
+    exit_run = torch.zeros(B, nb, nb, dtype=torch.int64)                     # gate calls in a row settled
+    step_weight, remaining_weight = image_weights(schedule, timesteps)
     exited = torch.zeros(B, nb, nb, dtype=torch.bool)
     exited_at = torch.full((B, grid, grid), -1, dtype=torch.int32)
     steps: list[StepRecord] = []
@@ -217,10 +229,14 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
                 r_block[rows] = F.max_pool2d(r[:, None], per_block)[:, 0]     # (B, nb, nb): worst patch per block
                 step_macs[rows] += gate_cost
                 gated = can_gate[:, None, None]
-                below = gated & (r_block < settings.threshold)
+                # Image-space effect (see image_weights): skip when this step's error is small,
+                # exit when even reusing the cached eps for every remaining step would be.
+                below = gated & (r_block * step_weight[i] < settings.threshold)
                 below_run = torch.where(below, below_run + 1, torch.zeros_like(below_run))
                 if settings.exit_patience > 0 and i >= last_segment_start:
-                    newly = ~exited & (below_run >= settings.exit_patience)
+                    settled = gated & (r_block * remaining_weight[i] < settings.threshold)
+                    exit_run = torch.where(settled, exit_run + 1, torch.zeros_like(exit_run))
+                    newly = ~exited & (exit_run >= settings.exit_patience)
                     exited |= newly
                     exited_at[_blocks_to_patches(newly, per_block)] = i
                 want = gated & ~exited & (~below | (skip_run >= settings.max_skips))
@@ -229,13 +245,19 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         # -- enforce the budget, per image ---------------------------------------------------
         # A dense step (re)builds the cache at the scheduled width; anything less runs sparse
         # at the cache's width. Either way no image may pass its budget.
+        # A sparse step over more than `dense_above` of the batch's blocks is slower than a dense
+        # one on this executor (bench.sparse_speed), so such a step runs dense instead and
+        # refreshes every live block: faster, and fresher.
         remaining = budget_macs - used - step_macs
-        if _all(want) and bool((remaining >= step_costs(unet, width).dense * halves).all()):
-            blocks = want.clone()
+        dense_fits = bool((remaining >= step_costs(unet, width).dense * halves).all())
+        crowded = float(want.float().mean()) > settings.dense_above
+        if dense_fits and (_all(want) or crowded):
+            blocks = ~exited
+            full_step = True
         else:
             width = cache.width                                               # sparse steps reuse the cache's width
             blocks = _trim_to_budget(want, priority, remaining, step_costs(unet, width), halves)
-        full_step = _all(blocks)
+            full_step = _all(blocks)
 
         # -- run the network -----------------------------------------------------------------
         x_in = x.to(dtype)
@@ -274,6 +296,22 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         raise RuntimeError(f"internal error: MACs per image {used.tolist()} exceeded the budget {budget_macs}")
     record = ComputeRecord.build(cfg.image_size, cfg.patch_size, steps, macs_full, exited_at, settings.mode)
     return SampleResult(images=x.clamp(-1, 1), record=record)
+
+
+def image_weights(schedule: Schedule, timesteps: list[int]) -> tuple[list[float], list[float]]:
+    """How much an eps error at each step moves the final image.
+
+    DDIM moves y = x / alpha by d(sigma/alpha) * eps per step, and y ends as the image. Reusing an
+    eps that is off by r at step i therefore shifts the image by about r * step_weight[i]; reusing
+    it for every step from i to the end shifts it by about r * remaining_weight[i] = r * sigma/alpha.
+    Early steps weigh ~25x more than late ones, so one threshold in image units skips late, not early.
+    """
+    ratios = []
+    for t in list(timesteps) + [-1]:
+        alpha, sigma = schedule.alpha_sigma(t)
+        ratios.append(float(sigma / alpha))
+    step_weight = [ratios[i] - ratios[i + 1] for i in range(len(timesteps))]
+    return step_weight, ratios[:-1]
 
 
 def _all(mask: torch.Tensor) -> bool:

@@ -122,10 +122,11 @@ class NitroGenAdaptiveSampler:
                     "default": DEFAULTS.cfg, "min": c_lo, "max": c_hi, "step": 0.1,
                     "tooltip": "Classifier-free guidance scale. 1.0 runs no unconditional pass (half the MACs)."}),
                 "threshold": ("FLOAT", {
-                    "default": DEFAULTS.threshold, "min": t_lo, "max": t_hi, "step": 0.005,
-                    "tooltip": "Gate threshold tau: a patch whose predicted change is below it reuses its cached "
-                               "prediction. 0 = full compute (full width, every patch, every step). Above 0 the "
-                               "checkpoint's per-step width schedule applies too."}),
+                    "default": DEFAULTS.threshold, "min": t_lo, "max": t_hi, "step": 0.001,
+                    "tooltip": "Quality threshold tau: a patch whose recomputation is predicted to change the final "
+                               "image by less than this (pixels in -1..1) reuses its cached prediction. 0 = full "
+                               "compute (full width, every patch, every step). Above 0 the checkpoint's per-step "
+                               "width schedule applies too."}),
                 "budget": ("FLOAT", {
                     "default": DEFAULTS.budget, "min": 0.01, "max": 1.0, "step": 0.01,
                     "tooltip": "Most MACs allowed per image, as a fraction of full compute. Never exceeded, "

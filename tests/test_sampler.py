@@ -19,9 +19,10 @@ from nitrogen_core.sparse import step_costs
 
 B = 2
 STEPS = 6
-# With the perturbed tiny model below the gate predicts ~0.5..0.8 everywhere; at 0.65 some
-# patches are recomputed and others skip and exit (test_adaptive_record checks that it is so).
-MID = 0.65
+# With the perturbed tiny model below the gate predicts ~0.5..0.75 everywhere. Times the image
+# weight of 6-step sampling (0.74 at step 2, then 0.43, 0.31, 0.28) a threshold of 0.5 makes
+# some patches recompute and others skip; test_adaptive_record checks such a mix over 8 steps.
+MID = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,9 @@ def labels() -> torch.Tensor:
 
 
 def settings(**kw) -> SamplerSettings:
+    # dense_above=1.0: partial steps stay sparse, so these tests see the sparse machinery
     base = dict(steps=STEPS, cfg=1.0, mode="adaptive", threshold=MID, warmup=2, refresh_every=0,
-                max_skips=2, exit_patience=2)
+                max_skips=2, exit_patience=2, dense_above=1.0)
     base.update(kw)
     return SamplerSettings(**base)
 
@@ -170,7 +172,8 @@ def test_full_mode_record(model, noise, labels, guidance):
 
 
 def test_adaptive_record(model, noise, labels):
-    s = settings(steps=8, warmup=3, cfg=2.0, exit_patience=2)
+    # 8-step image weights: 0.50 at step 3, then 0.33, 0.25, 0.22, 0.21; remaining 1.5 .. 0.21.
+    s = settings(steps=8, warmup=3, cfg=2.0, exit_patience=2, threshold=0.32)
     rec = sample(model, noise, labels, s).record
     m = masks(rec)
     gate_macs = model.gate.macs()
@@ -249,7 +252,7 @@ BAD_SETTINGS = [
     ("cfg", -1), ("cfg", 100),
     ("mode", "fast"),
     ("warmup", 0), ("warmup", -2), ("refresh_every", -1), ("max_skips", -1), ("exit_patience", -1),
-    ("steps", True),
+    ("steps", True), ("dense_above", -0.1), ("dense_above", 1.5), ("dense_above", float("nan")),
 ]
 
 
@@ -305,3 +308,44 @@ def test_threshold_zero_with_budget_trims_without_gate(model, noise, labels):
     rec = sample(model, noise, labels, settings(threshold=0.0, budget=0.5)).record
     assert (rec.macs_used_per_image <= math.floor(0.5 * rec.macs_full)).all()
     assert any(not step.dense for step in rec.steps)
+
+
+class LeftHalfGate(ConstantGate):
+    """Predicts a huge residual on the left half of the patch grid and none on the right."""
+
+    def forward(self, x_t, t, eps_cached, eps_delta):
+        self.calls += 1
+        g = self.cfg.image_size // self.cfg.patch_size
+        r = torch.zeros(x_t.shape[0], g, g)
+        r[:, :, : g // 2] = self.value
+        return r
+
+
+@pytest.mark.parametrize("dense_above, expect_dense", [(0.4, True), (0.5, False), (1.0, False)])
+def test_crowded_step_runs_dense(model, noise, labels, monkeypatch, dense_above, expect_dense):
+    """Half the blocks wanted: above dense_above the step runs dense and refreshes every block."""
+    monkeypatch.setattr(model, "gate", LeftHalfGate(model.gate, 1e9))
+    rec = sample(model, noise, labels, settings(steps=4, warmup=2, exit_patience=0, max_skips=10,
+                                                dense_above=dense_above)).record
+    dense, gate = step_costs(model.unet, 1.0).dense, model.gate.macs()
+    first, last = rec.steps[2], rec.steps[3]
+    half = first.mask.shape[2] // 2
+    assert first.dense == expect_dense
+    if expect_dense:
+        assert first.mask.all() and (first.macs == dense + gate).all()
+    else:
+        assert first.mask[:, :, :half].all() and not first.mask[:, :, half:].any()
+        assert (first.macs < dense).all()
+    # the last step can never afford a dense pass plus the gate within budget 1.0: it stays sparse
+    assert not last.dense and (rec.macs_used_per_image <= rec.macs_full).all()
+
+
+def test_crowded_dense_step_leaves_exited_blocks_alone(model, noise, labels, monkeypatch):
+    """Retired blocks stay retired when a crowded step runs dense: the mask skips them."""
+    monkeypatch.setattr(model, "gate", LeftHalfGate(model.gate, 1e9))     # right half settles and exits
+    rec = sample(model, noise, labels, settings(steps=6, warmup=2, exit_patience=1, dense_above=0.0)).record
+    st = rec.steps[2]
+    half = st.mask.shape[2] // 2
+    assert (rec.exited_at[:, :, half:] == 2).all() and (rec.exited_at[:, :, :half] == -1).all()
+    assert st.dense and st.mask[:, :, :half].all() and not st.mask[:, :, half:].any()
+    assert (st.macs == step_costs(model.unet, 1.0).dense + model.gate.macs()).all()

@@ -15,7 +15,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from nitrogen_core.checkpoint import load_checkpoint
+from nitrogen_core.diffusion import Schedule
 from nitrogen_core.errors import NitroGenInputError
+from nitrogen_core.sampler import image_weights
 from nitrogen_core.train.common import Dist, batch_indices, learning_rate
 from nitrogen_core.train.student import (StudentSettings, choose_threshold, choose_width_schedule, gate_report, gate_trajectories,
                                          sandwich_widths, train_student)
@@ -113,8 +115,26 @@ def test_student_refuses_a_student_as_teacher(tiny_data, teacher_run, tmp_path):
 
 def test_choose_width_schedule_takes_narrowest_under_bound():
     errors = {0.25: [0.05, 0.05, 0.3, 0.3], 0.5: [0.2, 0.2, 0.08, 0.3], 1.0: [0.0, 0.0, 0.0, 0.0]}
-    assert choose_width_schedule(errors, 0.1, 4) == (0.25, 0.25, 0.5, 1.0)
-    assert choose_width_schedule(errors, 0.1, 2) == (0.25, 1.0)     # segment means: 0.25 -> 0.05; 0.5 -> 0.19
+    flat = [1.0] * 4
+    assert choose_width_schedule(errors, flat, 0.1, 4) == (0.25, 0.25, 0.5, 1.0)
+    assert choose_width_schedule(errors, flat, 0.1, 2) == (0.25, 1.0)   # segment sums: 0.25 -> 0.1; 0.5 -> 0.38
+    # The same errors weighted like a real trajectory (early steps move the image most): narrow late only.
+    assert choose_width_schedule(errors, [4.0, 1.0, 1.0, 0.25], 0.1, 4) == (1.0, 0.25, 0.5, 0.25)
+
+
+def test_choose_width_schedule_measures_error_over_the_widest():
+    errors = {0.5: [0.3, 0.3], 1.0: [0.25, 0.1]}     # width 1.0 itself is off from the teacher
+    assert choose_width_schedule(errors, [1.0, 1.0], 0.1, 2) == (0.5, 1.0)
+
+
+def test_image_weights_telescope_to_sigma_over_alpha():
+    schedule = Schedule(1000)
+    timesteps = schedule.sampling_timesteps(20)
+    step_weight, remaining = image_weights(schedule, timesteps)
+    assert all(w > 0 for w in step_weight)
+    for i in range(20):
+        assert sum(step_weight[i:]) == pytest.approx(remaining[i], rel=1e-6)
+    assert step_weight[2] > 20 * step_weight[-2]      # early eps errors move the image far more
 
 
 def test_sandwich_always_has_largest_and_smallest():

@@ -50,8 +50,9 @@ def add_train_parser(subparsers) -> None:
     st.add_argument("--batch", type=_positive_int, default=64, help="batch per process (default 64)")
     st.add_argument("--minutes", type=_minutes, default=None,
                     help="stop this invocation after M minutes (state is saved; rerun to continue)")
-    st.add_argument("--width-error-bound", type=float, default=0.1,
-                    help="max mean relative eps error of a width vs the teacher per trajectory segment")
+    st.add_argument("--width-error-bound", type=float, default=0.01,
+                    help="max extra final-image error (pixels in [-1, 1]) a narrower width may add per "
+                         "trajectory segment, vs width 1.0 (default 0.01)")
     st.add_argument("--gate-trajectories", type=_positive_int, default=48)
     st.add_argument("--gate-steps", type=_positive_int, default=1500)
     st.add_argument("--seed", type=int, default=0)

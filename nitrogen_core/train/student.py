@@ -7,9 +7,10 @@
    sandwich of widths - the largest (1.0), the smallest (0.25) and one random middle width -
    all regressing the frozen teacher's prediction on the same noisy batch (in-place
    distillation; Yu & Huang 2019, slimmable networks). EMA weights are kept.
-2. Width schedule: along teacher DDIM trajectories, the relative eps error of each width
-   against the teacher is measured per trajectory segment; each segment takes the narrowest
-   width whose error stays under `--width-error-bound`.
+2. Width schedule: along teacher DDIM trajectories, the RMS eps error of each width against
+   the teacher is measured per step and weighted by how far an eps error at that step moves
+   the final image; each trajectory segment takes the narrowest width whose extra image-space
+   error over width 1.0 stays under `--width-error-bound`.
 3. Gate: trajectories of the student under the width schedule and random skip patterns like
    the adaptive sampler's (warm-up, refresh, capped consecutive skips). At every step the
    dense fresh eps is computed too, so the target for each patch is the RMS of
@@ -37,7 +38,7 @@ from ..config import NitroGenConfig
 from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
-from ..sampler import SamplerSettings, make_noise, width_for_step
+from ..sampler import SamplerSettings, image_weights, make_noise, width_for_step
 from .common import (RunDir, Timer, all_mean, average_gradients, batch_indices, ema_update, init_distributed,
                      learning_rate, restore_run, save_run, step_generator)
 from .data import load_image_folder
@@ -65,7 +66,7 @@ class StudentSettings:
     stop_after: int | None = None   # end this invocation after this many new steps (scripted runs, tests)
     sample_steps: int = 20
     sample_cfg: float = 1.5
-    width_error_bound: float = 0.1
+    width_error_bound: float = 0.01     # image units: extra final-image error a narrow width may add per segment
     psnr_floor: float = 32.0        # default threshold: the largest tau whose images stay this close to full
     gate_trajectories: int = 48
     gate_steps: int = 1500
@@ -119,7 +120,7 @@ def guided_eps(unet, x: torch.Tensor, t: int, labels: torch.Tensor, width: float
 @torch.no_grad()
 def width_errors(student_unet, teacher_unet, cfg: NitroGenConfig, steps: int, cfg_scale: float,
                  n: int, seed: int) -> dict[float, list[float]]:
-    """Relative eps error ||eps_w - eps_T|| / ||eps_T|| per sampling step, along teacher DDIM paths."""
+    """RMS eps error of each width against the teacher, per sampling step, along teacher DDIM paths."""
     schedule = Schedule(cfg.train_timesteps)
     timesteps = schedule.sampling_timesteps(steps)
     x = make_noise(cfg, n, seed)
@@ -129,20 +130,27 @@ def width_errors(student_unet, teacher_unet, cfg: NitroGenConfig, steps: int, cf
         eps_t, x0_t = guided_eps(teacher_unet, x, t, labels, 1.0, cfg_scale, schedule, cfg)
         for w in cfg.widths:
             eps_w, _ = guided_eps(student_unet, x, t, labels, w, cfg_scale, schedule, cfg)
-            errors[w].append(float((eps_w - eps_t).norm() / eps_t.norm().clamp(min=1e-8)))
+            errors[w].append(float((eps_w - eps_t).square().mean().sqrt()))
         a_prev, s_prev = schedule.alpha_sigma(timesteps[i + 1] if i + 1 < steps else -1)
         x = a_prev * x0_t + s_prev * eps_t
     return errors
 
 
-def choose_width_schedule(errors: dict[float, list[float]], bound: float, segments: int) -> tuple[float, ...]:
-    """Per segment of the trajectory, the narrowest width whose mean relative error is <= bound."""
+def choose_width_schedule(errors: dict[float, list[float]], step_weight: list[float], bound: float,
+                          segments: int) -> tuple[float, ...]:
+    """Per segment of the trajectory, the narrowest width whose extra image-space error over the
+    widest width, sum_i (err_w[i] - err_max[i]) * step_weight[i], stays <= bound.
+
+    step_weight[i] is how far an eps error at step i moves the final image (sampler.image_weights),
+    so the bound is in image units ([-1, 1] pixels): narrow widths land where errors matter least.
+    """
     steps = len(next(iter(errors.values())))
+    widest = max(errors)
     schedule = []
     for k in range(segments):
         idx = [i for i in range(steps) if i * segments // steps == k]
-        ok = [w for w in sorted(errors) if sum(errors[w][i] for i in idx) / len(idx) <= bound]
-        schedule.append(ok[0] if ok else max(errors))
+        extra = {w: sum((errors[w][i] - errors[widest][i]) * step_weight[i] for i in idx) for w in errors}
+        schedule.append(min(w for w in errors if extra[w] <= bound))
     return tuple(schedule)
 
 
@@ -245,7 +253,7 @@ def train_gate(gate, train: dict[str, torch.Tensor], steps: int, seed: int, batc
 
 # -- 4. default threshold -------------------------------------------------------------------------------
 
-THRESHOLD_GRID = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
+THRESHOLD_GRID = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)   # image units
 
 
 @torch.no_grad()
@@ -360,7 +368,9 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     t0 = time.monotonic()
     print("measuring width errors along teacher trajectories", file=sys.stderr)
     errors = width_errors(student.unet, teacher.unet, cfg, s.sample_steps, s.sample_cfg, n=16, seed=s.seed + 1)
-    width_schedule = choose_width_schedule(errors, s.width_error_bound, SCHEDULE_SEGMENTS)
+    schedule = Schedule(cfg.train_timesteps)
+    step_weight, _ = image_weights(schedule, schedule.sampling_timesteps(s.sample_steps))
+    width_schedule = choose_width_schedule(errors, step_weight, s.width_error_bound, SCHEDULE_SEGMENTS)
     print(f"width schedule {width_schedule} (bound {s.width_error_bound})", file=sys.stderr)
 
     print(f"collecting gate trajectories ({s.gate_trajectories} train + 16 held out)", file=sys.stderr)
