@@ -6,7 +6,7 @@ PYTHON ?= python3
 
 BUNDLED_CKPT   := checkpoints/nitrogen-emoji32.safetensors
 UNTRAINED_CKPT := outputs/untrained-emoji32.safetensors
-DEMO_LABEL     ?= 0
+DEMO_LABEL     ?= smiley
 
 .PHONY: demo test setup setup-test
 
