@@ -272,8 +272,9 @@ def main(argv=None) -> int:
             (root / "models" / "nitrogen" / ckpt.name).symlink_to(ckpt)
             overrides = {"NitroGenLoader": {"ckpt_name": ckpt.name}}
         train = read_header(ckpt)["train"]
-        if not train.get("steps") and not args.allow_untrained:
-            print(f"error: {ckpt} is untrained (train steps {train.get('steps')!r}); thumbnails would show noise. "
+        trained_steps = train.get("steps") or train.get("distill_steps")     # teacher / student metadata
+        if not trained_steps and not args.allow_untrained:
+            print(f"error: {ckpt} is untrained (train steps {trained_steps!r}); thumbnails would show noise. "
                   "Pass --allow-untrained only to test this script.", file=sys.stderr)
             return 2
 
