@@ -7,6 +7,7 @@ must have ComfyUI's requirements installed. The server listens on 127.0.0.1 only
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import socket
@@ -17,7 +18,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -94,17 +97,13 @@ def test_nodes_and_templates_are_served(server):
         assert info[name]["category"] == "NitroGen"
     ckpts = info["NitroGenLoader"]["input"]["required"]["ckpt_name"][0]
     assert "tiny-test.safetensors" in ckpts                     # found through extra_model_paths.yaml
+    assert ckpts[0] == "nitrogen-emoji32 (bundled)"
     templates = json.loads(_get(server["url"] + "/workflow_templates"))
     assert sorted(templates.get(PACK, [])) == ["basic", "compare"]
 
 
-def test_basic_workflow_runs(server):
-    script = _thumbnail_script()
-    workflow = json.loads((REPO / "example_workflows" / "basic.json").read_text())
-    pack = script.load_pack()
-    prompt = script.to_api_prompt(workflow, pack.NODE_CLASS_MAPPINGS,
-                                  overrides={"NitroGenLoader": {"ckpt_name": "tiny-test.safetensors"},
-                                             "NitroGenAdaptiveSampler": {"label": "a", "steps": 4}})
+def _run_prompt(server, prompt: dict) -> tuple[list[dict], float]:
+    """Post an API prompt, wait for it, return (its output images, seconds from start to success)."""
     prompt_id = _post(server["url"] + "/prompt", {"prompt": prompt})["prompt_id"]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -116,10 +115,46 @@ def test_basic_workflow_runs(server):
         time.sleep(0.5)
     else:
         pytest.fail("the prompt did not finish:\n" + server["log"].read_text()[-3000:])
-    outputs = history[prompt_id]["outputs"]
-    images = [img for out in outputs.values() for img in out.get("images", [])]
+    entry = history[prompt_id]
+    stamps = {name: data.get("timestamp") for name, data in entry["status"].get("messages", [])}
+    seconds = (stamps["execution_success"] - stamps["execution_start"]) / 1000 \
+        if stamps.get("execution_success") and stamps.get("execution_start") else float("nan")
+    return [img for out in entry["outputs"].values() for img in out.get("images", [])], seconds
+
+
+def _view(server, img: dict) -> Image.Image:
+    query = urllib.parse.urlencode({k: img[k] for k in ("filename", "subfolder", "type")})
+    data = _get(server["url"] + "/view?" + query)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return Image.open(io.BytesIO(data))
+
+
+def test_basic_workflow_runs(server):
+    script = _thumbnail_script()
+    workflow = json.loads((REPO / "example_workflows" / "basic.json").read_text())
+    pack = script.load_pack()
+    prompt = script.to_api_prompt(workflow, pack.NODE_CLASS_MAPPINGS,
+                                  overrides={"NitroGenLoader": {"ckpt_name": "tiny-test.safetensors"},
+                                             "NitroGenAdaptiveSampler": {"label": "a", "steps": 4}})
+    images, _ = _run_prompt(server, prompt)
     assert len(images) >= 2                                      # sample preview + heatmap
     for img in images:
-        query = urllib.parse.urlencode({k: img[k] for k in ("filename", "subfolder", "type")})
-        data = _get(server["url"] + "/view?" + query)
-        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        _view(server, img)
+
+
+def test_shipped_workflow_on_bundled_checkpoint(server):
+    """The basic workflow exactly as shipped: bundled checkpoint, class heart, 20 steps."""
+    script = _thumbnail_script()
+    workflow = json.loads((REPO / "example_workflows" / "basic.json").read_text())
+    pack = script.load_pack()
+    prompt = script.to_api_prompt(workflow, pack.NODE_CLASS_MAPPINGS)
+    images, seconds = _run_prompt(server, prompt)
+    batch = prompt[next(k for k, v in prompt.items() if v["class_type"] == "NitroGenAdaptiveSampler")]["inputs"]["batch_size"]
+    print(f"\nbasic workflow, bundled checkpoint: {seconds:.2f} s for {batch} images "
+          f"({seconds / batch:.2f} s/image, ComfyUI --cpu, incl. model load on first use)")
+    samples = [_view(server, img) for img in images]
+    emoji = [im for im in samples if im.size == (32, 32)]
+    assert len(emoji) == batch, [im.size for im in samples]
+    for im in emoji:                                             # a trained model draws: not flat, mostly white ground
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+        assert arr.std() > 0.15 and (arr.min(axis=2) > 0.9).mean() > 0.2
