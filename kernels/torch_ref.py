@@ -22,37 +22,58 @@ def window_rows(img: torch.Tensor, by: torch.Tensor, bx: torch.Tensor, *, size: 
 
 def gather(src: torch.Tensor, img: torch.Tensor, by: torch.Tensor, bx: torch.Tensor, *, size: int, step: int,
            offset: int, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
-           valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Copy square windows out of a channels-last buffer, optionally with a fused affine norm + SiLU.
+           border: int = 1) -> torch.Tensor:
+    """Copy square windows out of a bordered (B, Hs, Ws, C) buffer, optionally with a fused affine
+    norm + SiLU.
 
-    src (B, Hs, Ws, C); img, by, bx (n,) int64. Window i covers rows
-    offset + by[i]*step + [0, size) and the same for columns, of sample img[i].
-    With scale/shift (B, C): out = silu(out * scale[img] + shift[img]) * valid, where valid
-    (n, size, size, 1) zeroes positions outside the image: the conv's zero padding applies
-    after the norm, so the border must be re-zeroed after it.
+    img, by, bx (n,) int64. Window i covers rows offset + by[i]*step + [0, size) and the same
+    for columns, of sample img[i]. With scale/shift (B, C):
+    out = silu(out * scale[img] + shift[img]), then set to 0 outside the interior (the `border`
+    outermost rows and columns): the conv's zero padding applies after the norm.
+    Any strides work; channels-last contiguous is the fast path.
     Returns (n, C, size, size), a channels-last view.
     """
     B, Hs, Ws, C = src.shape
+    if not src.is_contiguous():
+        src = src.contiguous()                               # e.g. an NCHW tensor seen as (B, H, W, C)
     idx = window_rows(img, by, bx, size=size, step=step, offset=offset, height=Hs, width=Ws)
-    out = src.reshape(-1, C).index_select(0, idx).view(-1, size * size, C)        # (n, s*s, C)
+    out = src.view(-1, C).index_select(0, idx).view(-1, size * size, C)           # (n, s*s, C)
     if scale is not None:
         out = torch.addcmul(shift[img][:, None, :], out, scale[img][:, None, :])
         F.silu(out, inplace=True)
-        if valid is not None:
-            out.mul_(valid.view(-1, size * size, 1))
+        out.mul_(_inside(by, bx, size=size, step=step, offset=offset, height=Hs, width=Ws, border=border)
+                 .view(-1, size * size, 1).to(out.dtype))
     return out.view(-1, size, size, C).permute(0, 3, 1, 2)
+
+
+def _inside(by: torch.Tensor, bx: torch.Tensor, *, size: int, step: int, offset: int, height: int, width: int,
+            border: int) -> torch.Tensor:
+    """(n, size, size) bool: window positions inside the buffer's interior."""
+    r = torch.arange(size, device=by.device)
+    rows = offset + by[:, None] * step + r                                  # (n, size)
+    cols = offset + bx[:, None] * step + r
+    row_ok = (rows >= border) & (rows < height - border)
+    col_ok = (cols >= border) & (cols < width - border)
+    return row_ok[:, :, None] & col_ok[:, None, :]
 
 
 def scatter(dst: torch.Tensor, y: torch.Tensor, img: torch.Tensor, by: torch.Tensor, bx: torch.Tensor, *,
             offset: int, residual: torch.Tensor | None = None) -> None:
-    """Write blocks into a channels-last buffer in place, optionally adding a residual first.
+    """Write blocks into a (B, Hd, Wd, C) buffer in place, optionally adding a residual first.
 
-    dst (B, Hd, Wd, C); y and residual (n, C, b, b) in any memory format. Block i lands at rows
+    y and residual (n, C, b, b) in any memory format. Block i lands at rows
     offset + by[i]*b + [0, b) and the same for columns, of sample img[i]. Blocks must not overlap.
+    Any strides work for dst; channels-last contiguous is the fast path.
     """
     B, Hd, Wd, C = dst.shape
     b = y.shape[-1]
     if residual is not None:
         y = y + residual
     idx = window_rows(img, by, bx, size=b, step=b, offset=offset, height=Hd, width=Wd)
-    dst.view(-1, C).index_copy_(0, idx, y.permute(0, 2, 3, 1).reshape(-1, C))
+    rows = y.permute(0, 2, 3, 1).reshape(-1, C).to(dst.dtype)
+    if dst.is_contiguous():
+        dst.view(-1, C).index_copy_(0, idx, rows)
+    else:
+        flat = dst.contiguous()
+        flat.view(-1, C).index_copy_(0, idx, rows)
+        dst.copy_(flat)

@@ -138,7 +138,6 @@ class SparseOps(Ops):
         self.img, self.by, self.bx = block_mask.nonzero(as_tuple=True)     # (n,) each: active blocks
         self.rows = block_mask.flatten(1).any(1).nonzero(as_tuple=True)[0]  # (Ba,) samples with work
         self.counter = MacCounter(block_mask.shape[0], self.rows)
-        self._valid: dict[tuple, torch.Tensor] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def _level(self, size: int) -> int:
@@ -148,17 +147,6 @@ class SparseOps(Ops):
         out = self.cache.outputs[self.next_op]
         self.next_op += 1
         return out
-
-    def _valid_mask(self, size: int, step: int, offset: int, extent: int) -> torch.Tensor:
-        """(n, 1, size, size) mask of window positions inside the image (padded coords 1..extent)."""
-        key = (size, step, offset, extent)
-        if key not in self._valid:
-            nb = self.cfg.image_size // self.cfg.block_size
-            pos = offset + torch.arange(nb)[:, None] * step + torch.arange(size)[None]       # (nb, size)
-            inside = (pos >= BORDER) & (pos < extent + BORDER)
-            grid = inside[:, None, :, None] & inside[None, :, None, :]                        # (nb, nb, size, size)
-            self._valid[key] = grid.to(self.img.device)[self.by, self.bx][..., None].float()  # (n, size, size, 1)
-        return self._valid[key]
 
     def _as_padded(self, x) -> Padded:
         return x if isinstance(x, Padded) else Padded.wrap(x)
@@ -219,12 +207,11 @@ class SparseOps(Ops):
             if upsample:
                 raise ValueError("norm before an upsampling conv is not supported by the sparse executor")
             scale, shift = group_affine(norm, inputs, width)     # (B, Cin) each
-            valid = self._valid_mask(size, step, offset, inputs[0].size)
             parts, c0 = [], 0
             for p in inputs:
                 c1 = c0 + p.channels
                 parts.append(k.gather(p.buf, self.img, self.by, self.bx, size=size, step=step, offset=offset,
-                                      scale=scale[:, c0:c1], shift=shift[:, c0:c1], valid=valid))
+                                      scale=scale[:, c0:c1], shift=shift[:, c0:c1], border=BORDER))
                 c0 = c1
         else:
             parts = [k.gather(p.buf, self.img, self.by, self.bx, size=size, step=step, offset=offset)
@@ -247,12 +234,12 @@ class SparseOps(Ops):
                 rw, rb = residual_conv.params_at(r_active, width)
                 res = F.conv2d(res, rw, rb)
                 macs += residual_conv.macs_per_pixel(r_active, width) * block * block
-        if res is not None:
-            y = y + res
-        if out.sums is not None:
+        if out.sums is not None:                   # a GroupNorm reads this output: keep its sums current
+            if res is not None:
+                y, res = y + res, None
             old = k.gather(out.buf, self.img, self.by, self.bx, size=block, step=block, offset=BORDER)
             out.update_sums(self.img, old, y)
-        k.scatter(out.buf, y, self.img, self.by, self.bx, offset=BORDER)
+        k.scatter(out.buf, y, self.img, self.by, self.bx, offset=BORDER, residual=res)   # residual add fused
         self.counter.add(macs, self.img)
 
 

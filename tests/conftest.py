@@ -1,6 +1,12 @@
 """Shared fixtures: the `tiny` config and a perturbed tiny U-Net."""
 from __future__ import annotations
 
+import os
+
+# Triton reads this when a kernel is decorated, so it must be set before anything imports the
+# Triton ops: with it, tests/test_kernels.py runs them interpreted on the CPU (no GPU here).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 
