@@ -129,7 +129,7 @@ def test_triton_scatter_matches_torch(dtype, which, layout, residual):
 
 
 @needs_triton
-@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.9])
 def test_sparse_unet_is_the_same_through_either_backend(unet, monkeypatch, fraction):
     """The executor goes through kernels/ only: switching the backend changes no output."""
     torch.manual_seed(0)
@@ -147,7 +147,8 @@ def test_sparse_unet_is_the_same_through_either_backend(unet, monkeypatch, fract
         monkeypatch.setenv("NITROGEN_KERNELS", name)
         c = cache.clone()
         outs[name] = (sparse_forward(unet, x2, t, labels, c, mask)[0], [p.buf for p in c.outputs])
-    assert (len(calls) > 0) == (fraction > 0)                             # the triton run really used it
+    # the triton run really used it (all-active steps run dense ops, so 0.9 must leave one out)
+    assert (len(calls) > 0) == bool(mask.any()) and not mask.all()
     assert_close(outs["triton"][0], outs["torch"][0], torch.float32, f"U-Net output at {fraction}")
     for k, (a, b) in enumerate(zip(outs["triton"][1], outs["torch"][1])):
         assert_close(a, b, torch.float32, f"cached op {k} at {fraction}")

@@ -21,8 +21,8 @@ def segment_index(full_segments: Sequence[int], active_segments: Sequence[int]) 
 
     Returns None when the active channels are a plain prefix (a cheap slice suffices).
     """
-    if len(full_segments) == 1:
-        return None
+    if len(full_segments) == 1 or tuple(full_segments) == tuple(active_segments):
+        return None                              # one segment, or all of them whole: a prefix
     index, offset = [], 0
     for full, active in zip(full_segments, active_segments):
         index.extend(range(offset, offset + active))
@@ -53,11 +53,13 @@ class SlimConv2d(nn.Module):
         w, b = self.weight, self.bias
         out_idx = segment_index(self.out_segments, out_active)
         if out_idx is None:
-            w, b = w[: out_active[0]], b[: out_active[0]]
+            n = out_active[0] if len(out_active) == 1 else sum(out_active)
+            w, b = w[:n], b[:n]
         else:
             w, b = w.index_select(0, out_idx.to(w.device)), b.index_select(0, out_idx.to(b.device))
         in_idx = segment_index(self.in_segments, in_active)
-        w = w[:, : in_active[0]] if in_idx is None else w.index_select(1, in_idx.to(w.device))
+        n_in = in_active[0] if len(in_active) == 1 else sum(in_active)
+        w = w[:, :n_in] if in_idx is None else w.index_select(1, in_idx.to(w.device))
         return w, b
 
     def macs_per_pixel(self, in_active: Sequence[int], width: float) -> int:
@@ -84,7 +86,8 @@ class SlimGroupNorm(nn.Module):
         w, b = self.weight[wi], self.bias[wi]
         idx = segment_index(self.segments, in_active)
         if idx is None:
-            return w[: in_active[0]], b[: in_active[0]]
+            n = in_active[0] if len(in_active) == 1 else sum(in_active)
+            return w[:n], b[:n]
         return w.index_select(0, idx.to(w.device)), b.index_select(0, idx.to(b.device))
 
     def forward(self, x: torch.Tensor, in_active: Sequence[int], width: float) -> torch.Tensor:
