@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "by less than this (pixels in [-1, 1]) is skipped (0 = full compute)")
     p.add_argument("--budget", type=_finite_float, default=None,
                    help="max MACs per image as a fraction of full compute (default 1.0)")
-    p.add_argument("--mode", default=None, help="sampler mode: full or adaptive (default adaptive)")
+    p.add_argument("--mode", default=None, help="sampler mode: full, adaptive or cache (step caching, a baseline) (default adaptive)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output PNG grid (default {DEFAULT_OUT})")
     p.add_argument("--heatmap", default=None, help="also write a compute-share heatmap PNG here")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object of stats on stdout")

@@ -1,4 +1,7 @@
-"""Deterministic DDIM sampling, full and adaptive: pure functions of (model, noise, labels, settings).
+"""Deterministic DDIM sampling, full, adaptive and step-cached: pure functions of (model, noise, labels, settings).
+
+`full` runs every step densely at `settings.width` (1.0 unless a benchmark asks for the slim
+baseline). `cache` skips whole steps per image (see _sample_step_cache): a baseline.
 
 Adaptive mode, per step (DESIGN §1.3):
 - Dense steps: the first `warmup` steps, every `refresh_every` steps after them, and whenever
@@ -41,7 +44,7 @@ from .errors import NitroGenInputError
 from .model import NitroGenModel
 from .sparse import ActivationCache, dense_forward, sparse_forward, step_costs
 
-MODES = ("full", "adaptive")
+MODES = ("full", "adaptive", "cache")
 MAX_BATCH = 64
 LIMITS = {"steps": (1, 1000), "cfg": (0.0, 30.0), "threshold": (0.0, 100.0), "budget": (0.0, 1.0)}
 
@@ -58,6 +61,7 @@ class SamplerSettings:
     max_skips: int = 3            # a patch skipped this many steps in a row is recomputed
     exit_patience: int = 3        # gate calls in a row settled below threshold before a block exits (0: never)
     dense_above: float = 0.25     # a step wanting more than this share of the blocks runs dense (1.0: never)
+    width: float = 1.0            # channel width of every step in full and cache modes (0.5: the "slim" baseline)
 
     def validate(self) -> "SamplerSettings":
         """Raise NitroGenInputError naming the first bad value; return self."""
@@ -65,7 +69,7 @@ class SamplerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise NitroGenInputError(f"{name}={value!r} must be an integer")
-        for name in ("cfg", "threshold", "budget", "dense_above"):
+        for name in ("cfg", "threshold", "budget", "dense_above", "width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise NitroGenInputError(f"{name}={value!r} must be a finite number")
@@ -83,6 +87,8 @@ class SamplerSettings:
         if not 0.0 <= self.dense_above <= 1.0:
             raise NitroGenInputError(f"dense_above={self.dense_above} is out of range; allowed 0..1 "
                                      f"(share of blocks above which a step runs dense)")
+        if not 0.0 < self.width <= 1.0:
+            raise NitroGenInputError(f"width={self.width} is out of range; allowed (0, 1] (a fraction of the channels)")
         if self.mode not in MODES:
             raise NitroGenInputError(f"mode={self.mode!r} is not one of {MODES}")
         if self.warmup < 1:
@@ -166,10 +172,14 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     nb = cfg.image_size // cfg.block_size                 # blocks per side
     per_block = cfg.block_size // cfg.patch_size         # patches per block side
     grid = cfg.image_size // cfg.patch_size              # patches per side
+    if settings.width not in cfg.widths:
+        raise NitroGenInputError(f"width={settings.width} is not one of the model's widths {cfg.widths}")
     if use_gate:
         widths = [width_for_step(width_schedule, i, settings.steps) for i in range(settings.steps)]
-    else:
+    elif adaptive:
         widths = [1.0] * settings.steps                                    # full compute is width 1.0
+    else:
+        widths = [settings.width] * settings.steps                         # full / cache modes: one width
     last_segment_start = max(i for i in range(settings.steps) if i == 0 or widths[i] != widths[i - 1])
 
     # MAC accounting: full compute is the width-1.0 dense forward every step, both CFG halves.
@@ -178,8 +188,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     budget_macs = math.floor(settings.budget * macs_full)
     first_cost = step_costs(unet, widths[0]).dense * halves
     if not adaptive and settings.budget < 1.0:
-        raise NitroGenInputError(f"budget={settings.budget} applies to adaptive mode; mode='full' always "
-                                 f"computes everything (use budget=1.0 or mode='adaptive')")
+        raise NitroGenInputError(f"budget={settings.budget} applies to adaptive mode; mode={settings.mode!r} "
+                                 f"does not enforce one (use budget=1.0 or mode='adaptive')")
     if budget_macs < first_cost:
         raise NitroGenInputError(
             f"budget={settings.budget} allows {budget_macs} MACs per image, below the first dense step's "
@@ -189,6 +199,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     # Model batch = [cond | uncond]; labels == num_classes is the null class.
     model_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else labels
     model_labels = model_labels.to(device)
+    if settings.mode == "cache":
+        return _sample_step_cache(model, noise, labels, settings, widths[0], macs_full, callback)
 
     x = noise.to(device=device, dtype=torch.float32)                          # (B, C, H, W)
     eps_cached = torch.zeros_like(x)
@@ -275,16 +287,11 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         used += step_macs
 
         # -- DDIM update: fresh eps where computed, cached eps elsewhere -----------------------
-        pred = out.float()
-        if guided:
-            cond, uncond = pred.chunk(2)
-            pred = uncond + settings.cfg * (cond - uncond)
-        fresh_eps, fresh_x0 = split_prediction(pred, x, alpha, sigma, cfg.prediction)
+        fresh_eps, fresh_x0 = split_prediction(_guide(out, settings.cfg), x, alpha, sigma, cfg.prediction)
         computed = _blocks_to_pixels(blocks, cfg.block_size).to(device)        # (B, 1, H, W)
         eps_delta = torch.where(computed, fresh_eps - eps_cached, eps_delta)
-        eps_cached = torch.where(computed, fresh_eps, eps_cached)
-        x0 = torch.where(computed, fresh_x0, (x - sigma * eps_cached) / alpha)
-        x = alpha_prev * x0 + sigma_prev * eps_cached
+        x, eps_cached, x0 = _ddim_step(x, eps_cached, fresh_eps, fresh_x0, computed,
+                                       alpha, sigma, alpha_prev, sigma_prev)
         skip_run = torch.where(blocks, torch.zeros_like(skip_run), skip_run + 1)
 
         steps.append(StepRecord(index=i, timestep=t, width=width, dense=full_step,
@@ -294,6 +301,88 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
 
     if bool((used > budget_macs).any()):
         raise RuntimeError(f"internal error: MACs per image {used.tolist()} exceeded the budget {budget_macs}")
+    record = ComputeRecord.build(cfg.image_size, cfg.patch_size, steps, macs_full, exited_at, settings.mode)
+    return SampleResult(images=x.clamp(-1, 1), record=record)
+
+
+def _guide(out: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Model output [cond | uncond] (2B, ...) -> guided prediction (B, ...); unguided output as is."""
+    pred = out.float()
+    if cfg_scale == 1.0:
+        return pred
+    cond, uncond = pred.chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
+
+
+def _ddim_step(x, eps_cached, fresh_eps, fresh_x0, computed, alpha, sigma, alpha_prev, sigma_prev):
+    """One deterministic DDIM step with the fresh prediction where `computed` (a bool mask that
+    broadcasts against x) and the cached eps elsewhere. Returns (x_prev, eps now cached, x0)."""
+    eps = torch.where(computed, fresh_eps, eps_cached)
+    x0 = torch.where(computed, fresh_x0, (x - sigma * eps) / alpha)
+    return alpha_prev * x0 + sigma_prev * eps, eps, x0
+
+
+def _sample_step_cache(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings,
+                       width: float, macs_full: int, callback) -> SampleResult:
+    """Step caching, the benchmark's baseline (EasyCache / AdaptiveDiffusion style): per image, a
+    whole step is skipped and the last eps reused while the predicted change stays small.
+
+    Same DDIM, CFG and image units as the adaptive sampler. After `warmup` dense steps, an
+    image's eps is estimated to drift by `rate` per step (RMS change between its last two
+    computed steps, per step elapsed). A step is skipped while the predicted image change
+    accumulated over the current skip run, sum of rate * staleness * step_weight, stays below
+    tau, and at most `max_skips` steps in a row. Validation happened in `sample`.
+    """
+    cfg, unet = model.config, model.unet
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    schedule = Schedule(cfg.train_timesteps)
+    timesteps = schedule.sampling_timesteps(settings.steps)
+    step_weight, _ = image_weights(schedule, timesteps)
+    B, grid = noise.shape[0], cfg.image_size // cfg.patch_size
+    guided = settings.cfg != 1.0
+    step_cost = step_costs(unet, width).dense * (2 if guided else 1)
+
+    x = noise.to(device=device, dtype=torch.float32)                          # (B, C, H, W)
+    eps_cached = torch.zeros_like(x)
+    rate = torch.full((B,), math.inf)                                         # RMS eps change per step
+    drift = torch.zeros(B)                                                    # predicted image change so far
+    last = torch.full((B,), -1, dtype=torch.int64)                            # step last computed
+    skips = torch.zeros(B, dtype=torch.int64)
+    steps: list[StepRecord] = []
+    for i, t in enumerate(timesteps):
+        alpha, sigma = schedule.alpha_sigma(t)
+        alpha_prev, sigma_prev = schedule.alpha_sigma(timesteps[i + 1] if i + 1 < len(timesteps) else -1)
+        predicted = rate * (i - last).float() * step_weight[i]                 # (B,) inf until measured
+        skip = (drift + predicted < settings.threshold) & (skips < settings.max_skips)
+        if i < settings.warmup:
+            skip[:] = False
+        rows = (~skip).nonzero(as_tuple=True)[0]
+        fresh_eps, fresh_x0 = torch.zeros_like(x), torch.zeros_like(x)
+        if len(rows):
+            x_rows = x[rows].to(dtype)
+            lab = labels[rows].to(device)
+            x_in = torch.cat([x_rows, x_rows]) if guided else x_rows
+            lab_in = torch.cat([lab, torch.full_like(lab, cfg.num_classes)]) if guided else lab
+            t_in = torch.full((len(x_in),), float(t), device=device, dtype=dtype)
+            out, _, _ = dense_forward(unet, x_in, t_in, lab_in, width, record=False)
+            eps_r, x0_r = split_prediction(_guide(out, settings.cfg), x[rows], alpha, sigma, cfg.prediction)
+            fresh_eps[rows], fresh_x0[rows] = eps_r, x0_r
+            measured = last[rows] >= 0
+            change = (eps_r - eps_cached[rows]).square().flatten(1).mean(1).sqrt()          # (n,)
+            steps_apart = (i - last[rows]).clamp(min=1).float()
+            rate[rows] = torch.where(measured, change.cpu() / steps_apart, rate[rows])
+            last[rows] = i
+        computed = (~skip).to(device)[:, None, None, None]                    # (B, 1, 1, 1)
+        x, eps_cached, x0 = _ddim_step(x, eps_cached, fresh_eps, fresh_x0, computed,
+                                       alpha, sigma, alpha_prev, sigma_prev)
+        drift = torch.where(skip, drift + predicted, torch.zeros_like(drift))
+        skips = torch.where(skip, skips + 1, torch.zeros_like(skips))
+        steps.append(StepRecord(index=i, timestep=t, width=width, dense=bool((~skip).all()),
+                                mask=(~skip)[:, None, None].expand(B, grid, grid).clone(),
+                                macs=torch.where(skip, 0, step_cost)))
+        if callback is not None:
+            callback(i, settings.steps, x0)
+    exited_at = torch.full((B, grid, grid), -1, dtype=torch.int32)
     record = ComputeRecord.build(cfg.image_size, cfg.patch_size, steps, macs_full, exited_at, settings.mode)
     return SampleResult(images=x.clamp(-1, 1), record=record)
 

@@ -253,6 +253,7 @@ BAD_SETTINGS = [
     ("mode", "fast"),
     ("warmup", 0), ("warmup", -2), ("refresh_every", -1), ("max_skips", -1), ("exit_patience", -1),
     ("steps", True), ("dense_above", -0.1), ("dense_above", 1.5), ("dense_above", float("nan")),
+    ("width", 0), ("width", 1.5), ("mode", "slim"),
 ]
 
 
@@ -349,3 +350,37 @@ def test_crowded_dense_step_leaves_exited_blocks_alone(model, noise, labels, mon
     assert (rec.exited_at[:, :, half:] == 2).all() and (rec.exited_at[:, :, :half] == -1).all()
     assert st.dense and st.mask[:, :, :half].all() and not st.mask[:, :, half:].any()
     assert (st.macs == step_costs(model.unet, 1.0).dense + model.gate.macs()).all()
+
+
+# -- baselines: step caching and slim width ----------------------------------------------------------
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_cache_mode_threshold_zero_is_full(model, noise, labels, guidance):
+    full = sample(model, noise, labels, settings(cfg=guidance, mode="full"))
+    cached = sample(model, noise, labels, settings(cfg=guidance, mode="cache", threshold=0.0))
+    assert torch.equal(full.images, cached.images)
+    assert cached.record.macs_used == full.record.macs_full
+
+
+def test_cache_mode_skips_whole_steps_per_image(model, noise, labels):
+    s = settings(steps=8, cfg=2.0, mode="cache", threshold=100.0, warmup=2, max_skips=2)
+    rec = sample(model, noise, labels, s).record
+    m = masks(rec)                                                       # (S, B, Hp, Wp)
+    per_image = m.reshape(8, B, -1)
+    assert (per_image.all(2) | ~per_image.any(2)).all()                  # a step is all or nothing per image
+    computed = per_image.all(2)                                          # (S, B)
+    assert computed[:2].all()                                            # warm-up
+    # tau huge: skip as long as allowed, so runs of exactly max_skips skips between computes
+    assert computed[:, 0].tolist() == [True, True, False, False, True, False, False, True]
+    dense = step_costs(model.unet, 1.0).dense * 2
+    assert (rec.macs_used_per_image == 4 * dense).all()
+    full = sample(model, noise, labels, settings(steps=8, cfg=2.0, mode="full")).images
+    assert (sample(model, noise, labels, s).images - full).abs().max() > 0   # skipping changed the image
+
+
+def test_slim_width_runs_every_step_at_that_width(model, noise, labels):
+    rec = sample(model, noise, labels, settings(mode="full", width=0.5)).record
+    assert list(rec.widths) == [0.5] * STEPS
+    assert rec.macs_used == step_costs(model.unet, 0.5).dense * STEPS < rec.macs_full
+    with pytest.raises(NitroGenInputError, match=r"width=0.3 is not one of the model's widths"):
+        sample(model, noise, labels, settings(mode="full", width=0.3))
