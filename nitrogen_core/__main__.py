@@ -289,6 +289,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _run_module_main(module: str, argv: list[str]) -> int:
+    import importlib
+    importlib.import_module(module).main(argv)
+    return 0
+
+
 def _emit_json(args, obj) -> int:
     # While --json runs, stdout is redirected to stderr (see main); the one object goes to the real stdout.
     args.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
@@ -300,7 +306,7 @@ def _emit_json(args, obj) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="NitroGen: adaptive-compute class-conditional diffusion.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,init,generate,data,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,init,generate,data,train,bench}")
 
     p = sub.add_parser("info", help="show a checkpoint's metadata (validates the whole file)")
     p.add_argument("ckpt", help="path to a .safetensors checkpoint")
@@ -337,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("bench", help="evidence benchmark: adaptive vs full, fewer steps, step caching, slim "
+                                     "(subcommands: judge, kernels)")
+    from .bench.evaluate import add_arguments, cmd_bench
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="{judge,kernels}")
+    pj = bench_sub.add_parser("judge", help="train the judge classifier behind the domain FID")
+    from .bench.judge import add_judge_arguments, cmd_judge
+    add_judge_arguments(pj)
+    pj.set_defaults(func=cmd_judge)
+    pk = bench_sub.add_parser("kernels", help="sparse vs dense U-Net forward speed (bench.sparse_speed)",
+                              add_help=False)
+    pk.add_argument("rest", nargs=argparse.REMAINDER)
+    pk.set_defaults(func=lambda args: _run_module_main("nitrogen_core.bench.sparse_speed", args.rest))
+
     from .train.cli import add_train_parser
     from .train.data import add_data_parser
     add_data_parser(sub)
@@ -348,7 +369,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.stdout = sys.stdout
     # With --json, stdout carries exactly one JSON object: anything else printed meanwhile goes to stderr.
-    redirect = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
+    redirect = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) is True else contextlib.nullcontext()
     try:
         with redirect:
             return args.func(args)

@@ -1,0 +1,305 @@
+"""The evidence benchmark: adaptive vs full vs fewer uniform steps vs step caching vs slim width.
+
+    python -m nitrogen_core bench [--quick] [--json PATH] [--plot PATH] [--ckpt PATH] [--seeds N]
+                                  [--judge PATH] [--repeats R]
+
+One process, fixed seeds and labels (`seeds` images per class, the same noise for every mode).
+Modes, all on the same DDIM solver with the same CFG:
+- full      N steps, width 1.0, every patch (the reference for PSNR/SSIM);
+- adaptive  N steps, the checkpoint's gate, swept over tau;
+- uniform   k < N steps, including the k that matches each adaptive point's MACs;
+- cache     N steps, whole steps skipped per image (sampler mode "cache"), swept over its tau;
+- slim      N steps at width 0.5.
+Each configuration runs `repeats` times, interleaved (round r runs every configuration once);
+seconds per image are the median over rounds. Quality comes from the first round (sampling is
+deterministic). Metrics per row: MACs per image from the compute record, CPU seconds per image,
+PSNR and SSIM to `full` on the same seeds, and the domain FID and KID against the training
+data in the feature space of the judge classifier (`bench judge`) - not Inception-FID.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ..checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
+from ..errors import NitroGenInputError
+from ..sampler import SamplerSettings, make_noise, sample
+from .metrics import frechet_distance, kid, psnr, ssim
+
+DEFAULT_JUDGE = BUNDLED_CHECKPOINT.parent / "judge-emoji32.safetensors"
+BENCH_SEED = 2025
+CHUNK = 32                                 # images per sampler call
+SWEEPS = {   # (adaptive taus, cache taus, uniform step counts) as fractions of N for uniform
+    "full": ((0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.03, 0.05), (0.003, 0.01, 0.03, 0.1, 0.3),
+             (0.25, 0.35, 0.5, 0.65, 0.8)),
+    "quick": ((0.003, 0.01, 0.03), (0.003, 0.01, 0.1), (0.35, 0.5, 0.75)),
+}
+
+
+class Config:
+    def __init__(self, mode: str, settings: SamplerSettings, threshold: float | None, schedule=(1.0,)):
+        self.mode, self.settings, self.threshold, self.schedule = mode, settings, threshold, schedule
+        self.seconds: list[float] = []
+        self.images: torch.Tensor | None = None
+        self.macs_per_image: float = 0.0
+        self.macs_full: int = 0
+
+    @property
+    def key(self) -> tuple:
+        return self.mode, self.settings.steps, self.threshold, self.settings.width
+
+    def run(self, model, noise: torch.Tensor, labels: torch.Tensor) -> None:
+        """Sample every image once; keep images and MACs the first time, time every time."""
+        start = time.perf_counter()
+        images, macs = [], []
+        for lo in range(0, len(noise), CHUNK):
+            res = sample(model, noise[lo:lo + CHUNK], labels[lo:lo + CHUNK], self.settings, self.schedule)
+            images.append(res.images)
+            macs.append(torch.as_tensor(res.record.macs_used_per_image, dtype=torch.float64))
+            self.macs_full = res.record.macs_full
+        self.seconds.append((time.perf_counter() - start) / len(noise))
+        if self.images is None:
+            self.images = torch.cat(images)
+            self.macs_per_image = float(torch.cat(macs).mean())
+
+
+def build_configs(steps: int, cfg_scale: float, schedule, sweep) -> list[Config]:
+    taus, cache_taus, fractions = sweep
+    base = dict(steps=steps, cfg=cfg_scale)
+    configs = [Config("full", SamplerSettings(mode="full", **base), None)]
+    configs += [Config("adaptive", SamplerSettings(threshold=t, **base), t, schedule) for t in taus]
+    configs += [Config("cache", SamplerSettings(mode="cache", threshold=t, **base), t) for t in cache_taus]
+    configs += [Config("slim", SamplerSettings(mode="full", width=0.5, **base), None)]
+    ks = sorted({max(1, min(steps - 1, round(f * steps))) for f in fractions})
+    configs += [Config("uniform", SamplerSettings(mode="full", steps=k, cfg=cfg_scale), None) for k in ks]
+    return configs
+
+
+def matched_uniform(configs: list[Config], steps: int, cfg_scale: float) -> list[Config]:
+    """Uniform-step configurations matching each adaptive point's MACs that are not there yet."""
+    have = {c.settings.steps for c in configs if c.mode == "uniform"}
+    extra = []
+    for c in configs:
+        if c.mode == "adaptive":
+            k = max(1, min(steps - 1, round(c.macs_per_image / c.macs_full * steps)))
+            if k not in have:
+                have.add(k)
+                extra.append(Config("uniform", SamplerSettings(mode="full", steps=k, cfg=cfg_scale), None))
+    return extra
+
+
+def evaluate(args) -> dict:
+    ck = load_checkpoint(args.ckpt)
+    from .judge import load_judge
+    judge = load_judge(args.judge)
+    if tuple(judge.classes) != tuple(ck.labels):
+        raise NitroGenInputError(f"judge {args.judge} was trained on classes {list(judge.classes)}, "
+                                 f"the checkpoint has {list(ck.labels)}")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    steps = args.steps or ck.sampler.get("steps", 20)
+    cfg_scale = ck.sampler.get("cfg", 1.5)
+    n_classes = ck.config.num_classes
+    labels = torch.arange(n_classes).repeat(args.seeds)                      # (n,) seeds per class
+    noise = make_noise(ck.config, len(labels), seed=BENCH_SEED)              # (n, C, H, W)
+    configs = build_configs(steps, cfg_scale, ck.width_schedule, SWEEPS["quick" if args.quick else "full"])
+
+    total = len(configs)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    log(f"bench: {len(labels)} images ({args.seeds} per class), {steps} steps, cfg {cfg_scale}, "
+        f"{args.repeats} interleaved round(s)")
+    for r in range(args.repeats):
+        for i, c in enumerate(configs):
+            c.run(ck.model, noise, labels)
+            log(f"  round {r + 1}/{args.repeats} [{i + 1}/{total}] {c.mode} steps={c.settings.steps} "
+                f"tau={c.threshold}: {c.seconds[-1]:.3f} s/image")
+        if r == 0:
+            extra = matched_uniform(configs, steps, cfg_scale)
+            for c in extra:
+                c.run(ck.model, noise, labels)
+                log(f"  round 1/{args.repeats} [matched] uniform steps={c.settings.steps}: {c.seconds[-1]:.3f} s/image")
+            configs += extra
+            total = len(configs)
+
+    full = configs[0]
+    reference = judge.reference_features
+    rows = []
+    for c in configs:
+        feats = judge.features(c.images)
+        p, s = psnr(c.images, full.images), ssim(c.images, full.images)
+        kid_mean, kid_std = kid(feats, reference, seed=0)
+        rows.append({
+            "mode": c.mode, "steps": c.settings.steps, "threshold": c.threshold, "width": c.settings.width,
+            "macs_per_image": int(round(c.macs_per_image)),
+            "seconds_per_image": statistics.median(c.seconds),
+            "psnr_to_full": float(p.clamp(max=100).mean()), "psnr_to_full_min": float(p.min()),
+            "ssim_to_full": float(s.mean()),
+            "fid": frechet_distance(feats, reference), "kid": kid_mean, "kid_std": kid_std,
+        })
+    # MAC ratios against full compute at N steps (a uniform k-step row's own macs_full is smaller).
+    full_macs = rows[0]["macs_per_image"]
+    for row in rows:
+        row["mac_ratio"] = row["macs_per_image"] / full_macs
+        row["time_ratio"] = row["seconds_per_image"] / rows[0]["seconds_per_image"]
+    order = {"full": 0, "adaptive": 1, "uniform": 2, "cache": 3, "slim": 4}
+    rows.sort(key=lambda r: (order[r["mode"]], -r["mac_ratio"]))
+    return {"rows": rows, "ckpt": str(args.ckpt), "seeds": args.seeds, "images": len(labels),
+            "device": "cpu", "threads": torch.get_num_threads(), "steps": steps, "cfg": cfg_scale,
+            "repeats": args.repeats, "quick": bool(args.quick),
+            "judge": {"path": str(args.judge), "held_out_accuracy": judge.meta.get("held_out_accuracy"),
+                      "feature_dim": int(reference.shape[1]), "reference_images": int(reference.shape[0])},
+            "default_threshold": SamplerSettings().threshold,
+            "default_point": default_point(rows, SamplerSettings().threshold)}
+
+
+def nearest(rows: list[dict], mode: str, mac_ratio: float) -> dict | None:
+    candidates = [r for r in rows if r["mode"] == mode]
+    return min(candidates, key=lambda r: abs(r["mac_ratio"] - mac_ratio)) if candidates else None
+
+
+def default_point(rows: list[dict], threshold: float) -> dict:
+    """The adaptive row at the default tau next to the baselines nearest its MACs, and the targets."""
+    ada = next((r for r in rows if r["mode"] == "adaptive" and r["threshold"] == threshold), None)
+    if ada is None:
+        return {}
+    full = rows[0]
+    uni, cache = nearest(rows, "uniform", ada["mac_ratio"]), nearest(rows, "cache", ada["mac_ratio"])
+    targets = {
+        "macs_3x_fewer": ada["mac_ratio"] <= 1 / 3,
+        "time_2.5x_lower": ada["time_ratio"] <= 1 / 2.5,
+        "fid_within_3pct": ada["fid"] <= 1.03 * full["fid"],
+        "psnr_at_least_30": ada["psnr_to_full"] >= 30.0,
+        "beats_uniform": bool(uni) and ada["fid"] < uni["fid"] and ada["psnr_to_full"] > uni["psnr_to_full"],
+        "beats_cache": bool(cache) and ada["fid"] < cache["fid"] and ada["psnr_to_full"] > cache["psnr_to_full"],
+    }
+    return {"adaptive": ada, "uniform": uni, "cache": cache, "targets": targets}
+
+
+def format_table(result: dict) -> str:
+    head = (f"{'mode':9s} {'steps':>5s} {'tau':>7s} {'MACs/full':>9s} {'time/full':>9s} {'s/image':>8s} "
+            f"{'PSNR':>6s} {'min':>6s} {'SSIM':>6s} {'FID':>7s} {'KID':>8s}")
+    lines = [head]
+    for r in result["rows"]:
+        tau = "" if r["threshold"] is None else f"{r['threshold']:g}"
+        mode = r["mode"] if r["mode"] != "slim" else f"slim {r['width']:g}"
+        lines.append(f"{mode:9s} {r['steps']:5d} {tau:>7s} {r['mac_ratio']:9.3f} {r['time_ratio']:9.3f} "
+                     f"{r['seconds_per_image']:8.4f} {r['psnr_to_full']:6.1f} {r['psnr_to_full_min']:6.1f} "
+                     f"{r['ssim_to_full']:6.3f} {r['fid']:7.3f} {r['kid']:8.4f}")
+    return "\n".join(lines)
+
+
+# -- plot (Pillow; no plotting dependency) ----------------------------------------------------------
+
+COLORS = {"full": (0, 0, 0), "adaptive": (214, 39, 40), "uniform": (31, 119, 180), "cache": (44, 160, 44),
+          "slim": (148, 103, 189)}
+
+
+def _panel(draw, font, box, rows, x_key, y_key, x_label, y_label) -> None:
+    left, top, right, bottom = box
+    pl, pr, pt, pb = left + 48, right - 10, top + 18, bottom - 30          # plot area
+    xs = [r[x_key] for r in rows]
+    ys = [r[y_key] for r in rows]
+    x0, x1 = 0.0, max(xs) * 1.05
+    y0, y1 = min(ys), max(ys)
+    pad = (y1 - y0) * 0.08 or 1.0
+    y0, y1 = y0 - pad, y1 + pad
+    fx = lambda v: pl + (pr - pl) * (v - x0) / (x1 - x0)
+    fy = lambda v: pb - (pb - pt) * (v - y0) / (y1 - y0)
+    draw.rectangle([pl, pt, pr, pb], outline="black")
+    for k in range(5):
+        xv, yv = x0 + (x1 - x0) * k / 4, y0 + (y1 - y0) * k / 4
+        draw.line([fx(xv), pb, fx(xv), pb + 3], fill="black")
+        draw.text((fx(xv) - 12, pb + 5), f"{xv:.2f}" if x1 < 10 else f"{xv:.0f}", fill="black", font=font)
+        draw.line([pl, fy(yv), pr, fy(yv)], fill=(230, 230, 230))
+        draw.text((left + 2, fy(yv) - 6), f"{yv:.3g}", fill="black", font=font)
+    draw.text(((pl + pr) // 2 - 40, bottom - 14), x_label, fill="black", font=font)
+    draw.text((pl, top + 2), y_label, fill="black", font=font)
+    for mode, color in COLORS.items():
+        pts = sorted((fx(r[x_key]), fy(r[y_key])) for r in rows if r["mode"] == mode)
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=2)
+        for x, y in pts:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+
+
+def plot(result: dict, path: Path) -> None:
+    """2x2: FID and PSNR-to-full against MACs/full and against seconds per image."""
+    rows = result["rows"]
+    W, H = 900, 640
+    img = Image.new("RGB", (W, H + 30), "white")
+    draw, font = ImageDraw.Draw(img), ImageFont.load_default()
+    capped = [{**r, "psnr_to_full": min(r["psnr_to_full"], 70.0)} for r in rows]  # full itself sits at the cap
+    panels = [("mac_ratio", "fid", "MACs / full", "domain FID (lower is better)"),
+              ("mac_ratio", "psnr_to_full", "MACs / full", "PSNR to full, dB (capped at 70)"),
+              ("seconds_per_image", "fid", "CPU seconds per image", "domain FID"),
+              ("seconds_per_image", "psnr_to_full", "CPU seconds per image", "PSNR to full, dB")]
+    for k, (xk, yk, xl, yl) in enumerate(panels):
+        col, row = k % 2, k // 2
+        _panel(draw, font, (col * W // 2, row * H // 2, (col + 1) * W // 2, (row + 1) * H // 2),
+               capped, xk, yk, xl, yl)
+    x = 10
+    for mode, color in COLORS.items():
+        draw.rectangle([x, H + 10, x + 14, H + 20], fill=color)
+        draw.text((x + 18, H + 9), mode, fill="black", font=font)
+        x += 110
+    draw.text((x, H + 9), f"{result['images']} images, {result['steps']} steps, cfg {result['cfg']}",
+              fill="black", font=font)
+    img.save(path)
+
+
+# -- command ------------------------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="2 seeds per class, a short sweep, 1 round (< 5 min)")
+    p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--plot", default=None, help="write the quality-vs-compute plot (PNG) here")
+    p.add_argument("--ckpt", default=str(BUNDLED_CHECKPOINT), help="checkpoint (default: the bundled one)")
+    p.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge classifier for FID/KID (bench judge)")
+    p.add_argument("--seeds", type=int, default=None, help="images per class (default 12, quick 2)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds (default 3, quick 1)")
+    p.add_argument("--steps", type=int, default=None, help="N, the full step count (default: checkpoint's)")
+
+
+def cmd_bench(args) -> int:
+    args.seeds = args.seeds if args.seeds is not None else (2 if args.quick else 12)
+    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    for name in ("seeds", "repeats"):
+        value = getattr(args, name)
+        if not 1 <= value <= 1000:
+            raise NitroGenInputError(f"--{name} {value} is out of range; allowed 1..1000")
+    if args.steps is not None and not 2 <= args.steps <= 1000:
+        raise NitroGenInputError(f"--steps {args.steps} is out of range; allowed 2..1000")
+    result = evaluate(args)
+    print(format_table(result))
+    point = result["default_point"]
+    if point:
+        met = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in point["targets"].items())
+        print(f"default tau {result['default_threshold']:g}: {met}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot(result, Path(args.plot))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return cmd_bench(args)
+    except NitroGenInputError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
