@@ -289,12 +289,6 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _run_module_main(module: str, argv: list[str]) -> int:
-    import importlib
-    importlib.import_module(module).main(argv)
-    return 0
-
-
 def _emit_json(args, obj) -> int:
     # While --json runs, stdout is redirected to stderr (see main); the one object goes to the real stdout.
     args.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
@@ -353,10 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.judge import add_judge_arguments, cmd_judge
     add_judge_arguments(pj)
     pj.set_defaults(func=cmd_judge)
-    pk = bench_sub.add_parser("kernels", help="sparse vs dense U-Net forward speed (bench.sparse_speed)",
-                              add_help=False)
-    pk.add_argument("rest", nargs=argparse.REMAINDER)
-    pk.set_defaults(func=lambda args: _run_module_main("nitrogen_core.bench.sparse_speed", args.rest))
+    # Listed for --help; main() hands `bench kernels ...` to bench.sparse_speed with its own flags.
+    bench_sub.add_parser("kernels", help="sparse vs dense U-Net forward speed (bench.sparse_speed; its own --help)")
 
     from .train.cli import add_train_parser
     from .train.data import add_data_parser
@@ -366,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "kernels"]:
+        from .bench import sparse_speed
+        sparse_speed.main(argv[2:])
+        return 0
     args = build_parser().parse_args(argv)
     args.stdout = sys.stdout
     # With --json, stdout carries exactly one JSON object: anything else printed meanwhile goes to stderr.
