@@ -210,6 +210,11 @@ def save_checkpoint(path, model, *, kind: str, labels, width_schedule=(1.0,), tr
             raise _fail(path, f"cannot save: tensor {name!r} contains NaN or Inf")
         tensors[name] = t
 
+    return write_safetensors_atomic(path, tensors, metadata)
+
+
+def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write via a temporary file in the same folder and rename: a crash never leaves half a file."""
     from safetensors.torch import save_file
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -218,10 +223,7 @@ def save_checkpoint(path, model, *, kind: str, labels, width_schedule=(1.0,), tr
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 

@@ -7,8 +7,11 @@ import os
 # Triton ops: with it, tests/test_kernels.py runs them interpreted on the CPU (no GPU here).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
 from nitrogen_core.config import preset
 from nitrogen_core.model import UNet
@@ -33,3 +36,24 @@ def cfg():
 def unet(cfg) -> UNet:
     torch.manual_seed(0)
     return perturbed(UNet(cfg)).eval()
+
+
+DISC_COLORS = {"blue": (30, 60, 220), "red": (220, 40, 40), "green": (40, 180, 60)}
+
+
+def write_disc_dataset(root: Path, per_class: int, centers, colors=DISC_COLORS, size: int = 16) -> Path:
+    """An ImageFolder of coloured discs (radius 4) on white: root/<class>/<i>.png, one per center.
+
+    `centers(i)` gives the (cx, cy) of image i; classes differ only by colour."""
+    for name, color in colors.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            im = Image.new("RGB", (size, size), (255, 255, 255))
+            px = im.load()
+            cx, cy = centers(i)
+            for y in range(size):
+                for x in range(size):
+                    if (x - cx) ** 2 + (y - cy) ** 2 <= 16:
+                        px[x, y] = color
+            im.save(root / name / f"{i}.png")
+    return root

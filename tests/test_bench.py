@@ -20,7 +20,7 @@ from nitrogen_core.checkpoint import save_checkpoint
 from nitrogen_core.config import preset
 from nitrogen_core.model import NitroGenModel
 
-from conftest import perturbed
+from conftest import perturbed, write_disc_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("blue", "green", "red")
@@ -29,17 +29,8 @@ CLASSES = ("blue", "green", "red")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    data = root / "data"
-    colors = {"blue": (40, 60, 220), "green": (40, 180, 60), "red": (220, 40, 40)}
-    for name, color in colors.items():
-        (data / name).mkdir(parents=True)
-        for i in range(4):
-            im = Image.new("RGB", (16, 16), (255, 255, 255))
-            for y in range(16):
-                for x in range(16):
-                    if (x - 5 - 2 * i) ** 2 + (y - 8) ** 2 <= 16:
-                        im.putpixel((x, y), color)
-            im.save(data / name / f"{i}.png")
+    data = write_disc_dataset(root / "data", 4, lambda i: (5 + 2 * i, 8),
+                              {"blue": (40, 60, 220), "green": (40, 180, 60), "red": (220, 40, 40)})
     judge = root / "judge.safetensors"
     train_judge(data, judge, steps=2, progress=False)
     torch.manual_seed(0)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import write_disc_dataset
 from nitrogen_core.bench.judge import (FEATURE_DIM, JudgeNet, add_judge_arguments, augment, load_judge, main,
                                        stratified_split, train_judge)
 from nitrogen_core.bench.metrics import frechet_distance, kid, psnr, ssim
@@ -23,19 +23,7 @@ PER_CLASS = 6
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """3 classes x 6 images of 16 px: a coloured disc at varying positions on white."""
-    root = tmp_path_factory.mktemp("data")
-    for name, color in COLORS.items():
-        (root / name).mkdir()
-        for i in range(PER_CLASS):
-            im = Image.new("RGB", (16, 16), (255, 255, 255))
-            px = im.load()
-            cx, cy = 4 + i, 6 + i % 3
-            for y in range(16):
-                for x in range(16):
-                    if (x - cx) ** 2 + (y - cy) ** 2 <= 16:
-                        px[x, y] = color
-            im.save(root / name / f"{i}.png")
-    return root
+    return write_disc_dataset(tmp_path_factory.mktemp("data"), PER_CLASS, lambda i: (4 + i, 6 + i % 3), COLORS)
 
 
 @pytest.fixture(scope="module")

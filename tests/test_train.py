@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import write_disc_dataset
 from nitrogen_core.checkpoint import load_checkpoint
 from nitrogen_core.diffusion import Schedule
 from nitrogen_core.errors import NitroGenInputError
@@ -30,19 +30,7 @@ COLORS = {"blue": (30, 60, 220), "red": (220, 40, 40), "green": (40, 180, 60)}
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """3 classes x 4 images of 16 px: a coloured disc at varying positions on white."""
-    root = tmp_path_factory.mktemp("data")
-    for name, color in COLORS.items():
-        (root / name).mkdir()
-        for i in range(4):
-            im = Image.new("RGB", (16, 16), (255, 255, 255))
-            px = im.load()
-            cx, cy = 5 + 2 * i, 8
-            for y in range(16):
-                for x in range(16):
-                    if (x - cx) ** 2 + (y - cy) ** 2 <= 16:
-                        px[x, y] = color
-            im.save(root / name / f"{i}.png")
-    return root
+    return write_disc_dataset(tmp_path_factory.mktemp("data"), 4, lambda i: (5 + 2 * i, 8), COLORS)
 
 
 def teacher_settings(data: Path, out: Path, **kw) -> TeacherSettings:

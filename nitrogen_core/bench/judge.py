@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,7 +316,7 @@ def train_judge(data_dir: str | os.PathLike, out_path: str | os.PathLike, *, ste
 
 def save_judge(path: str | os.PathLike, model: JudgeNet, reference_features: torch.Tensor, meta: dict) -> Path:
     """Write weights (as `model.<name>`), `reference_features` and metadata (each value a JSON string) atomically."""
-    from safetensors.torch import save_file
+    from ..checkpoint import write_safetensors_atomic
 
     path = _check_out_path(path)
     tensors = {WEIGHT_PREFIX + k: v.detach().to(torch.float32).contiguous().clone()
@@ -327,16 +326,7 @@ def save_judge(path: str | os.PathLike, model: JudgeNet, reference_features: tor
         if not torch.isfinite(t).all():
             raise NitroGenInputError(f"{path}: cannot save: tensor {name!r} contains NaN or Inf")
     metadata = {k: json.dumps(v, sort_keys=True, allow_nan=False) for k, v in meta.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_safetensors_atomic(path, tensors, metadata)
 
 
 @dataclass(frozen=True)
@@ -531,18 +521,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nitrogen_core.bench.judge",
-                                     description="Train the domain judge (emoji classifier) whose 32-d features "
-                                                 "the benchmark uses for FID/KID.")
-    args = add_judge_arguments(parser).parse_args(argv)
-    try:
-        return args.func(args)
-    except NitroGenInputError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    """`python -m nitrogen_core.bench.judge ...` = `python -m nitrogen_core bench judge ...`."""
+    from ..__main__ import main as cli_main
+    return cli_main(["bench", "judge", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
