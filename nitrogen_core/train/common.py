@@ -87,6 +87,21 @@ def learning_rate(step: int, total: int, peak: float, warmup: int, final_fractio
 
 
 @torch.no_grad()
+def set_learning_rate(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, lr: float, d: Dist,
+                   max_grad_norm: float = 1.0) -> torch.Tensor:
+    """Average gradients across ranks, clip, set the learning rate and step; returns the grad norm."""
+    average_gradients(params, d)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    set_learning_rate(opt, lr)
+    opt.step()
+    return grad_norm
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
     """EMA with warm-up: decay = min(max_decay, (1 + step) / (10 + step)), so early weights fade fast."""
     decay = min(max_decay, (1 + step) / (10 + step))

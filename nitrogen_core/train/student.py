@@ -39,8 +39,8 @@ from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, image_weights, make_noise, width_for_step
-from .common import (RunDir, Timer, all_mean, average_gradients, batch_indices, ema_update, init_distributed,
-                     learning_rate, restore_run, save_run, step_generator)
+from .common import (RunDir, Timer, all_mean, batch_indices, ema_update, init_distributed, learning_rate,
+                     optimizer_step, restore_run, save_run, set_learning_rate, step_generator)
 from .data import load_image_folder
 from .teacher import drop_labels, min_snr_weight, sample_grid
 
@@ -243,8 +243,7 @@ def train_gate(gate, train: dict[str, torch.Tensor], steps: int, seed: int, batc
         loss = gate_loss(gate, {k: v[idx] for k, v in train.items()})
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, steps, lr, 50)
+        set_learning_rate(opt, learning_rate(step, steps, lr, 50))
         opt.step()
         losses.append(loss.item())
     gate.requires_grad_(False).eval()
@@ -326,12 +325,8 @@ def train_student(s: StudentSettings) -> dict:
         labels = drop_labels(data.labels[idx], cfg.num_classes, s.label_dropout, gen)
         opt.zero_grad(set_to_none=True)
         losses = distill_step(student.unet, teacher.unet, x_all[idx], labels, schedule, gen, cfg, s.min_snr)
-        average_gradients(params, d)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
         lr = learning_rate(step, s.steps, s.lr, s.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
+        optimizer_step(params, opt, lr, d)
         ema_update(ema.unet, student.unet, step, s.ema)
         step += 1
         now = time.monotonic()

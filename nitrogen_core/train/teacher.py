@@ -21,8 +21,8 @@ from ..config import preset
 from ..diffusion import Schedule, training_target
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, make_noise, sample
-from .common import (Dist, RunDir, Timer, all_mean, average_gradients, batch_indices, ema_update,
-                     init_distributed, learning_rate, restore_run, save_grid, save_run, step_generator)
+from .common import (Dist, RunDir, Timer, all_mean, batch_indices, ema_update, init_distributed, learning_rate,
+                     optimizer_step, restore_run, save_grid, save_run, step_generator)
 from .data import load_image_folder
 
 
@@ -117,12 +117,8 @@ def _train(s: TeacherSettings, d: Dist, data, cfg) -> dict:
         loss = diffusion_loss(unet, x_all[idx], labels, schedule, gen, cfg.prediction, s.min_snr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(params, d)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         lr = learning_rate(step, s.steps, s.lr, s.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
+        grad_norm = optimizer_step(params, opt, lr, d)
         ema_update(ema_model.unet, unet, step, s.ema)
         step += 1
 
