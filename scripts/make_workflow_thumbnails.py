@@ -148,59 +148,20 @@ def to_api_prompt(workflow: dict, classes: dict, overrides: dict | None = None) 
 
 # -- running outside ComfyUI --------------------------------------------------------------
 
-def install_standins(root: Path) -> None:
-    """Just enough of folder_paths / comfy.utils / comfy.model_management for the nodes."""
-    import torch
-
-    fp = ModuleType("folder_paths")
-    fp.models_dir = str(root / "models")
-    fp.folder_names_and_paths = {}
-
-    def get_full_path(folder, name):
-        for base in fp.folder_names_and_paths.get(folder, ([], None))[0]:
-            if (Path(base) / name).is_file():
-                return str(Path(base) / name)
-        return None
-
-    def get_full_path_or_raise(folder, name):
-        full = get_full_path(folder, name)
-        if full is None:
-            raise FileNotFoundError(f"{name} not found in {folder}")
-        return full
-
-    fp.get_full_path = get_full_path
-    fp.get_full_path_or_raise = get_full_path_or_raise
-    fp.get_filename_list = lambda folder: sorted(
-        p.name for base in fp.folder_names_and_paths[folder][0] if Path(base).is_dir()
-        for p in Path(base).iterdir() if p.suffix == ".safetensors")
-    fp.get_temp_directory = lambda: str(root / "temp")
-
-    comfy = ModuleType("comfy")
-    comfy.__path__ = []
-    utils = ModuleType("comfy.utils")
-
-    class ProgressBar:
-        def __init__(self, total, node_id=None):
-            self.total = total
-
-        def update_absolute(self, value, total=None, preview=None):
-            print(f"\r  step {value}/{total or self.total}", end="", file=sys.stderr, flush=True)
-
-    utils.ProgressBar = ProgressBar
-    mm = ModuleType("comfy.model_management")
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.intermediate_device = lambda: torch.device("cpu")
-    mm.throw_exception_if_processing_interrupted = lambda: None
-    comfy.utils, comfy.model_management = utils, mm
-    sys.modules.update({"folder_paths": fp, "comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm})
+def _comfy_stub() -> ModuleType:
+    """tests/comfy_stub.py, loaded by path: the same ComfyUI stand-ins and ComfyUI-style pack loader
+    the node tests use, so the thumbnails run the nodes exactly as the tests do."""
+    name = "nitrogen_comfy_stub"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "comfy_stub.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def load_pack(name: str = PACK_NAME) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return _comfy_stub().load_pack(name)
 
 
 # -- the thumbnail ------------------------------------------------------------------------
@@ -257,8 +218,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="nitrogen-thumbs-") as tmp:
         root = Path(tmp)
-        (root / "models" / "nitrogen").mkdir(parents=True)
-        install_standins(root)
+        sys.modules.update(_comfy_stub().make_stub(root).modules)          # creates root/models/nitrogen
         pack = load_pack()
         loader = sys.modules[f"{PACK_NAME}.nodes.loader"]
         read_header = sys.modules[f"{PACK_NAME}.nitrogen_core.checkpoint"].read_header
@@ -282,9 +242,8 @@ def main(argv=None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         for path in sorted(WORKFLOWS.glob("*.json")):
             workflow = json.loads(path.read_text())
-            print(f"{path.name}:", file=sys.stderr)
+            print(f"running {path.name}", file=sys.stderr)
             run = run_workflow(workflow, pack.NODE_CLASS_MAPPINGS, overrides)
-            print(file=sys.stderr)
             target = out_dir / f"{path.stem}.jpg"
             thumbnail(run["previews"]).save(target, quality=90)
             print(f"wrote {target}")

@@ -1,4 +1,5 @@
-"""Minimal stand-ins for the parts of ComfyUI the NitroGen nodes use, and a ComfyUI-style pack loader.
+"""Minimal stand-ins for the parts of ComfyUI the NitroGen nodes use, and a ComfyUI-style pack loader
+(shared by the node tests and scripts/make_workflow_thumbnails.py).
 
 Only what the nodes call exists here, with the same names and signatures as ComfyUI's:
 - `folder_paths`: models_dir, folder_names_and_paths, get_filename_list, get_full_path,
