@@ -7,26 +7,8 @@ windows of 10x10x96), and the conv consumes the result as a channels-last NCHW v
 """
 from __future__ import annotations
 
-import threading
-
 import torch
 import torch.nn.functional as F
-
-# Index tensors are rebuilt from (img, by, bx) for every op otherwise: ~15 small aten calls per
-# gather, a large share of a sparse step's fixed cost on CPU. One sparse step passes the same
-# three tensor objects to every op, so they are memoised per geometry while those objects stay
-# the same (identity, not value: the executor never mutates them). Per thread.
-_memo = threading.local()
-
-
-def _memoised(kind: str, img, by, bx, geometry: tuple, build):
-    triple = getattr(_memo, "triple", None)
-    if triple is None or triple[0] is not img or triple[1] is not by or triple[2] is not bx:
-        _memo.triple, _memo.table = (img, by, bx), {}
-    key = (kind, *geometry)
-    if key not in _memo.table:
-        _memo.table[key] = build()
-    return _memo.table[key]
 
 
 def window_rows(img: torch.Tensor, by: torch.Tensor, bx: torch.Tensor, *, size: int, step: int, offset: int,
@@ -54,17 +36,13 @@ def gather(src: torch.Tensor, img: torch.Tensor, by: torch.Tensor, bx: torch.Ten
     B, Hs, Ws, C = src.shape
     if not src.is_contiguous():
         src = src.contiguous()                               # e.g. an NCHW tensor seen as (B, H, W, C)
-    geometry = (size, step, offset, B, Hs, Ws)
-    idx = _memoised("rows", img, by, bx, geometry, lambda: window_rows(
-        img, by, bx, size=size, step=step, offset=offset, height=Hs, width=Ws))
+    idx = window_rows(img, by, bx, size=size, step=step, offset=offset, height=Hs, width=Ws)
     out = src.view(-1, C).index_select(0, idx).view(-1, size * size, C)           # (n, s*s, C)
     if scale is not None:
         out = torch.addcmul(shift[img][:, None, :], out, scale[img][:, None, :])
         F.silu(out, inplace=True)
-        inside = _memoised("inside", img, by, bx, (*geometry, border), lambda: _inside(
-            by, bx, size=size, step=step, offset=offset, height=Hs, width=Ws, border=border)
-            .view(-1, size * size, 1))
-        out.mul_(inside)
+        inside = _inside(by, bx, size=size, step=step, offset=offset, height=Hs, width=Ws, border=border)
+        out.mul_(inside.view(-1, size * size, 1))
     return out.view(-1, size, size, C).permute(0, 3, 1, 2)
 
 
@@ -91,8 +69,7 @@ def scatter(dst: torch.Tensor, y: torch.Tensor, img: torch.Tensor, by: torch.Ten
     b = y.shape[-1]
     if residual is not None:
         y = y + residual
-    idx = _memoised("rows", img, by, bx, (b, b, offset, B, Hd, Wd), lambda: window_rows(
-        img, by, bx, size=b, step=b, offset=offset, height=Hd, width=Wd))
+    idx = window_rows(img, by, bx, size=b, step=b, offset=offset, height=Hd, width=Wd)
     rows = y.permute(0, 2, 3, 1).reshape(-1, C).to(dst.dtype)
     if dst.is_contiguous():
         dst.view(-1, C).index_copy_(0, idx, rows)

@@ -196,11 +196,11 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
             f"{first_cost}; use a budget >= {math.ceil(first_cost / macs_full * 1000) / 1000}")
     gate_cost = gate.macs() if use_gate else 0
 
+    if settings.mode == "cache":
+        return _sample_step_cache(model, noise, labels, settings, widths[0], macs_full, callback)
     # Model batch = [cond | uncond]; labels == num_classes is the null class.
     model_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else labels
     model_labels = model_labels.to(device)
-    if settings.mode == "cache":
-        return _sample_step_cache(model, noise, labels, settings, widths[0], macs_full, callback)
 
     x = noise.to(device=device, dtype=torch.float32)                          # (B, C, H, W)
     eps_cached = torch.zeros_like(x)

@@ -51,10 +51,6 @@ class Config:
         self.macs_per_image: float = 0.0
         self.macs_full: int = 0
 
-    @property
-    def key(self) -> tuple:
-        return self.mode, self.settings.steps, self.threshold, self.settings.width
-
     def run(self, model, noise: torch.Tensor, labels: torch.Tensor) -> None:
         """Sample every image once; keep images and MACs the first time, time every time."""
         start = time.perf_counter()
@@ -102,7 +98,6 @@ def evaluate(args) -> dict:
     if tuple(judge.classes) != tuple(ck.labels):
         raise NitroGenInputError(f"judge {args.judge} was trained on classes {list(judge.classes)}, "
                                  f"the checkpoint has {list(ck.labels)}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     steps = args.steps or ck.sampler.get("steps", 20)
     cfg_scale = ck.sampler.get("cfg", 1.5)
     n_classes = ck.config.num_classes
