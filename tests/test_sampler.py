@@ -341,15 +341,22 @@ def test_crowded_step_runs_dense(model, noise, labels, monkeypatch, dense_above,
     assert not last.dense and (rec.macs_used_per_image <= rec.macs_full).all()
 
 
-def test_crowded_dense_step_leaves_exited_blocks_alone(model, noise, labels, monkeypatch):
-    """Retired blocks stay retired when a crowded step runs dense: the mask skips them."""
+def test_dense_step_revives_retired_blocks(model, noise, labels, monkeypatch):
+    """A dense step computes retired blocks anyway, so they take its fresh eps and come back;
+    the next gate call retires them again. exited_at is the final retirement."""
     monkeypatch.setattr(model, "gate", LeftHalfGate(model.gate, 1e9))     # right half settles and exits
-    rec = sample(model, noise, labels, settings(steps=6, warmup=2, exit_patience=1, dense_above=0.0)).record
-    st = rec.steps[2]
-    half = st.mask.shape[2] // 2
-    assert (rec.exited_at[:, :, half:] == 2).all() and (rec.exited_at[:, :, :half] == -1).all()
-    assert st.dense and st.mask[:, :, :half].all() and not st.mask[:, :, half:].any()
-    assert (st.macs == step_costs(model.unet, 1.0).dense + model.gate.macs()).all()
+    steps = 6
+    rec = sample(model, noise, labels, settings(steps=steps, warmup=2, exit_patience=1, dense_above=0.0)).record
+    half = rec.steps[2].mask.shape[2] // 2
+    dense, gate = step_costs(model.unet, 1.0).dense, model.gate.macs()
+    # steps 2..4 want only the left half, which is crowded for dense_above 0: dense, every block computed
+    for st in rec.steps[2:steps - 1]:
+        assert st.dense and st.mask.all() and (st.macs == dense + gate).all()
+    # the last step cannot afford a dense pass within budget 1.0: it runs sparse, and the right
+    # half retires there for good
+    last = rec.steps[-1]
+    assert not last.dense and last.mask[:, :, :half].all() and not last.mask[:, :, half:].any()
+    assert (rec.exited_at[:, :, half:] == steps - 1).all() and (rec.exited_at[:, :, :half] == -1).all()
 
 
 # -- baselines: step caching and slim width ----------------------------------------------------------
