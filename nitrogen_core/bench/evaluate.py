@@ -1,7 +1,8 @@
 """The evidence benchmark: adaptive vs full vs fewer uniform steps vs step caching vs slim width.
 
-    python -m nitrogen_core bench [--quick] [--json PATH] [--plot PATH] [--ckpt PATH] [--seeds N]
-                                  [--judge PATH] [--repeats R]
+    python -m nitrogen_core bench [--quick] [--json PATH] [--plot PATH] [--readme PATH] [--ckpt PATH]
+                                  [--seeds N] [--judge PATH] [--repeats R]
+    python -m nitrogen_core bench --from-json PATH [--plot PATH] [--readme PATH]   # no sampling
 
 One process, fixed seeds and labels (`seeds` images per class, the same noise for every mode).
 Modes, all on the same DDIM solver with the same CFG:
@@ -15,13 +16,19 @@ seconds per image are the median over rounds. Quality comes from the first round
 deterministic). Metrics per row: MACs per image from the compute record, CPU seconds per image,
 PSNR and SSIM to `full` on the same seeds, and the domain FID and KID against the training
 data in the feature space of the judge classifier (`bench judge`) - not Inception-FID.
+
+`--readme PATH` replaces the text between the marker lines `<!-- bench:begin -->` and
+`<!-- bench:end -->` in PATH with `render_markdown(result)`; `--from-json` re-renders a saved result.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -176,17 +183,254 @@ def default_point(rows: list[dict], threshold: float) -> dict:
     return {"adaptive": ada, "uniform": uni, "cache": cache, "targets": targets}
 
 
+def _tau(row: dict) -> str:
+    return "" if row["threshold"] is None else f"{row['threshold']:g}"
+
+
+def _mode_label(row: dict) -> str:
+    return row["mode"] if row["mode"] != "slim" else f"slim {row['width']:g}"
+
+
 def format_table(result: dict) -> str:
     head = (f"{'mode':9s} {'steps':>5s} {'tau':>7s} {'MACs/full':>9s} {'time/full':>9s} {'s/image':>8s} "
             f"{'PSNR':>6s} {'min':>6s} {'SSIM':>6s} {'FID':>7s} {'KID':>8s}")
     lines = [head]
     for r in result["rows"]:
-        tau = "" if r["threshold"] is None else f"{r['threshold']:g}"
-        mode = r["mode"] if r["mode"] != "slim" else f"slim {r['width']:g}"
-        lines.append(f"{mode:9s} {r['steps']:5d} {tau:>7s} {r['mac_ratio']:9.3f} {r['time_ratio']:9.3f} "
+        lines.append(f"{_mode_label(r):9s} {r['steps']:5d} {_tau(r):>7s} {r['mac_ratio']:9.3f} {r['time_ratio']:9.3f} "
                      f"{r['seconds_per_image']:8.4f} {r['psnr_to_full']:6.1f} {r['psnr_to_full_min']:6.1f} "
                      f"{r['ssim_to_full']:6.3f} {r['fid']:7.3f} {r['kid']:8.4f}")
     return "\n".join(lines)
+
+
+# -- markdown for the README (deterministic: the same result always gives the same text) -------------
+
+# What an older results JSON (written before "command" was recorded) was produced with.
+FALLBACK_COMMAND = "python -m nitrogen_core bench --json docs/bench.json --plot docs/bench.png"
+TARGET_LABELS = {
+    "macs_3x_fewer": "3× fewer MACs",
+    "time_2.5x_lower": "2.5× lower time",
+    "fid_within_3pct": "FID within +3%",
+    "psnr_at_least_30": "PSNR to full ≥ 30 dB",
+    "beats_uniform": "strictly better FID and PSNR than uniform at matched MACs",
+    "beats_cache": "strictly better FID and PSNR than cache at matched MACs",
+}
+
+
+def interpolate(rows: list[dict], mode: str, x_key: str, x: float, y_key: str) -> float | None:
+    """y of `mode`'s curve at x, linear between its two neighbouring rows sorted by x_key;
+    None where x lies outside the rows' range (no extrapolation) or the mode has no rows."""
+    points = sorted((r[x_key], r[y_key]) for r in rows if r["mode"] == mode)
+    # The last point also pairs with itself, so a one-row curve still matches its own x.
+    for (x0, y0), (x1, y1) in zip(points, points[1:] + points[-1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    line = lambda cells: "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
+
+
+def _psnr_fid(psnr_value: float | None, fid_value: float | None) -> str:
+    return "–" if psnr_value is None else f"{psnr_value:.1f} dB / {fid_value:.3f}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _summary_line(result: dict, readme: str) -> str:
+    command = result.get("command") or FALLBACK_COMMAND
+    if "--readme" not in command.split():
+        command += f" --readme {shlex.quote(readme)}"
+    run = "a **quick run** (short sweep, one round; not the evidence): " if result.get("quick") else ""
+    judge = result.get("judge") or {}
+    accuracy = judge.get("held_out_accuracy")
+    judge_facts = ["unknown held-out accuracy" if accuracy is None else f"{accuracy:.0%} held-out accuracy"]
+    if "feature_dim" in judge:
+        judge_facts.append(f"{judge['feature_dim']}-d features")
+    if "reference_images" in judge:
+        judge_facts.append(f"{judge['reference_images']} reference images")
+    return (f"Generated by `{command}`: {run}{result['images']} images ({result['seeds']} per class), "
+            f"{result['steps']} DDIM steps, cfg {result['cfg']:g}, "
+            f"{_count(result['repeats'], 'interleaved timing round')} on {_count(result['threads'], 'CPU thread')}; "
+            f"the judge behind the domain FID/KID: {', '.join(judge_facts)}.")
+
+
+def _default_table(full: dict, point: dict, threshold: float) -> str:
+    def cells(row: dict, label: str) -> list[str]:
+        worst = "–" if row["mode"] == "full" else f"{row['psnr_to_full']:.1f} / {row['psnr_to_full_min']:.1f} dB"
+        return [label, str(row["steps"]), _tau(row), f"{row['mac_ratio']:.3f}", f"{row['time_ratio']:.3f}",
+                worst, f"{row['ssim_to_full']:.3f}", f"{row['fid']:.3f}", f"{row['kid']:.4f}"]
+    rows = [cells(full, "full"), cells(point["adaptive"], "**adaptive**")]
+    rows += [cells(point[mode], mode) for mode in ("uniform", "cache") if point.get(mode)]
+    header = ["mode", "steps", "τ", "MACs/full", "time/full", "PSNR to full (mean / worst)", "SSIM",
+              "domain FID", "KID"]
+    return (f"The default τ = {threshold:g} next to the baselines nearest its MACs:\n\n"
+            + _markdown_table(header, rows))
+
+
+def _target_figures(key: str, full: dict, point: dict) -> str:
+    ada = point["adaptive"]
+    if key == "macs_3x_fewer":
+        return f"{ada['mac_ratio']:.3f} of full"
+    if key == "time_2.5x_lower":
+        return f"{ada['time_ratio']:.3f} of full"
+    if key == "fid_within_3pct":
+        return f"{(ada['fid'] / full['fid'] - 1) * 100:+.1f}%"
+    if key == "psnr_at_least_30":
+        return f"{ada['psnr_to_full']:.1f} dB mean, {ada['psnr_to_full_min']:.1f} dB worst"
+    if key in ("beats_uniform", "beats_cache"):
+        mode = key.removeprefix("beats_")
+        base = point.get(mode)
+        if not base:
+            return f"no {mode} rows"
+        which = f"{base['steps']} steps" if mode == "uniform" else f"τ {base['threshold']:g}"
+        return (f"adaptive {ada['psnr_to_full']:.1f} dB, FID {ada['fid']:.3f}; {mode} {which}, "
+                f"{base['mac_ratio']:.3f} MACs: {base['psnr_to_full']:.1f} dB, FID {base['fid']:.3f}")
+    return ""
+
+
+def _targets_list(full: dict, point: dict) -> str:
+    lines = ["Targets for the default point:", ""]
+    for key, met in point["targets"].items():
+        figures = _target_figures(key, full, point)
+        lines.append(f"- {TARGET_LABELS.get(key, key)}: {'yes' if met else '**no**'}"
+                     + (f" ({figures})" if figures else ""))
+    return "\n".join(lines)
+
+
+def _matched_table(rows: list[dict]) -> str:
+    baselines = ("uniform", "cache")
+    table = []
+    for ada in (r for r in rows if r["mode"] == "adaptive"):
+        at = {(mode, x_key): tuple(interpolate(rows, mode, x_key, ada[x_key], y) for y in ("psnr_to_full", "fid"))
+              for mode in baselines for x_key in ("mac_ratio", "time_ratio")}
+        psnr_at_macs = {"adaptive": ada["psnr_to_full"],
+                        **{m: at[m, "mac_ratio"][0] for m in baselines if at[m, "mac_ratio"][0] is not None}}
+        # With no baseline measured at these MACs there is nothing to compare against.
+        best = max(psnr_at_macs, key=psnr_at_macs.get) if len(psnr_at_macs) > 1 else "–"
+        table.append([_tau(ada), f"{ada['mac_ratio']:.3f}", f"{ada['time_ratio']:.3f}",
+                      _psnr_fid(ada["psnr_to_full"], ada["fid"]),
+                      *(_psnr_fid(*at[m, x]) for x in ("mac_ratio", "time_ratio") for m in baselines), best])
+    header = ["adaptive τ", "MACs/full", "time/full", "adaptive PSNR / FID", "uniform at same MACs",
+              "cache at same MACs", "uniform at same time", "cache at same time", "best PSNR at same MACs"]
+    return ("Matched comparisons across the sweep: each baseline's PSNR to full (mean) and domain FID, "
+            "linearly interpolated along its measured curve at the adaptive point's MACs/full and at its "
+            "time/full (– outside the baseline's measured range):\n\n" + _markdown_table(header, table))
+
+
+def _all_rows_table(rows: list[dict]) -> str:
+    table = []
+    for r in rows:
+        psnr_cells = (["–", "–"] if r["mode"] == "full"
+                      else [f"{r['psnr_to_full']:.1f}", f"{r['psnr_to_full_min']:.1f}"])
+        table.append([_mode_label(r), str(r["steps"]), _tau(r), f"{r['mac_ratio']:.3f}", f"{r['time_ratio']:.3f}",
+                      f"{r['seconds_per_image']:.4f}", *psnr_cells, f"{r['ssim_to_full']:.3f}",
+                      f"{r['fid']:.3f}", f"{r['kid']:.4f}"])
+    header = ["mode", "steps", "τ", "MACs/full", "time/full", "s/image", "PSNR to full (dB)", "worst (dB)",
+              "SSIM", "domain FID", "KID"]
+    return "All rows:\n\n" + _markdown_table(header, table)
+
+
+def render_markdown(result: dict, readme: str = "README.md") -> str:
+    """The README's evidence block from a bench result: summary line, default-τ table, targets,
+    matched comparisons, all rows. `readme` only completes the shown command for older results."""
+    rows = result["rows"]
+    full = next(r for r in rows if r["mode"] == "full")
+    point = result.get("default_point") or {}
+    parts = [_summary_line(result, readme)]
+    if point:
+        parts += [_default_table(full, point, result["default_threshold"]), _targets_list(full, point)]
+    else:
+        parts.append(f"No adaptive row at the default τ = {result.get('default_threshold')}.")
+    parts += [_matched_table(rows), _all_rows_table(rows)]
+    return "\n\n".join(parts) + "\n"
+
+
+# -- README block and saved results (one-line errors naming the path) -------------------------------
+
+README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+ROW_KEYS = ("mode", "steps", "threshold", "width", "seconds_per_image", "psnr_to_full", "psnr_to_full_min",
+            "ssim_to_full", "fid", "kid", "mac_ratio", "time_ratio")
+RESULT_KEYS = ("images", "seeds", "steps", "cfg", "repeats", "threads", "default_threshold")
+
+
+def _read_readme(path: Path) -> str:
+    if not path.is_file():
+        raise NitroGenInputError(f"--readme {path} does not exist (it must hold the {README_BEGIN} and "
+                                 f"{README_END} marker lines)")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NitroGenInputError(f"--readme {path} cannot be read as UTF-8 text: {exc}") from None
+
+
+def _generated_span(text: str, path: Path) -> tuple[int, int]:
+    """Offsets of the generated block: just after the begin marker's line, the start of the end marker's."""
+    lines = text.splitlines(keepends=True)
+    found = {m: [i for i, line in enumerate(lines) if line.strip() == m] for m in (README_BEGIN, README_END)}
+    for marker, where in found.items():
+        if len(where) != 1:
+            count = "no" if not where else f"{len(where)}"
+            raise NitroGenInputError(f"--readme {path} has {count} {marker} marker lines; exactly one "
+                                     f"{README_BEGIN} line followed by one {README_END} line is needed")
+    begin, end = found[README_BEGIN][0], found[README_END][0]
+    if end < begin:
+        raise NitroGenInputError(f"--readme {path} has its {README_END} line before its {README_BEGIN} line")
+    offset = lambda i: sum(map(len, lines[:i]))
+    return offset(begin + 1), offset(end)
+
+
+def check_readme(path: Path) -> None:
+    _generated_span(_read_readme(path), path)
+
+
+def replace_generated(text: str, markdown: str, path: Path) -> str:
+    """`text` with the block between the markers replaced; every byte outside it, markers included, kept."""
+    start, stop = _generated_span(text, path)
+    return text[:start] + "\n" + markdown.strip("\n") + "\n\n" + text[stop:]
+
+
+def write_readme(path: Path, markdown: str) -> None:
+    text = _read_readme(path)
+    updated = replace_generated(text, markdown, path)
+    if updated == text:
+        return
+    # A temporary file next to it, then a rename: a crash never leaves a half-written README.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(updated.encode("utf-8"))
+        os.chmod(tmp, path.stat().st_mode & 0o7777)           # mkstemp makes it 0600; keep the README's mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_result(path: Path) -> dict:
+    """A result written by `bench --json`, checked for what the printing and rendering read."""
+    if not path.is_file():
+        raise NitroGenInputError(f"--from-json {path} does not exist")
+    try:
+        result = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NitroGenInputError(f"--from-json {path} cannot be read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise NitroGenInputError(f"--from-json {path} is not JSON ({exc})") from None
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise NitroGenInputError(f'--from-json {path} has no "rows" list; expected a file written by bench --json')
+    missing = [k for k in RESULT_KEYS if k not in result]
+    missing += sorted({k for r in rows for k in ROW_KEYS if k not in r})
+    if missing:
+        raise NitroGenInputError(f"--from-json {path} lacks {', '.join(missing)}; "
+                                 "expected a file written by bench --json")
+    if not any(r["mode"] == "full" for r in rows):
+        raise NitroGenInputError(f'--from-json {path} has no "full" row to compare against')
+    return result
 
 
 # -- plot (Pillow; no plotting dependency) ----------------------------------------------------------
@@ -254,6 +498,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="2 seeds per class, a short sweep, 1 round (< 5 min)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--plot", default=None, help="write the quality-vs-compute plot (PNG) here")
+    p.add_argument("--readme", default=None,
+                   help=f"replace the text between the {README_BEGIN} and {README_END} lines of this markdown "
+                        "file with the generated tables")
+    p.add_argument("--from-json", default=None,
+                   help="no sampling: print and write --plot/--readme/--json from a result saved by --json "
+                        "(the sampling flags are ignored)")
     p.add_argument("--ckpt", default=str(BUNDLED_CHECKPOINT), help="checkpoint (default: the bundled one)")
     p.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge classifier for FID/KID (bench judge)")
     p.add_argument("--seeds", type=int, default=None, help="images per class (default 12, quick 2)")
@@ -261,18 +511,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="N, the full step count (default: checkpoint's)")
 
 
+def bench_command(args) -> str:
+    """The command line of this run from the parsed flags: only those given, paths as given."""
+    given = [("--seeds", args.seeds), ("--repeats", args.repeats), ("--steps", args.steps),
+             ("--ckpt", None if args.ckpt == str(BUNDLED_CHECKPOINT) else args.ckpt),
+             ("--judge", None if args.judge == str(DEFAULT_JUDGE) else args.judge),
+             ("--json", args.json), ("--plot", args.plot), ("--readme", args.readme)]
+    words = ["python -m nitrogen_core bench", *(["--quick"] if args.quick else [])]
+    words += [f"{flag} {shlex.quote(str(value))}" for flag, value in given if value is not None]
+    return " ".join(words)
+
+
 def cmd_bench(args) -> int:
-    args.seeds = args.seeds if args.seeds is not None else (2 if args.quick else 12)
-    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    for name in ("seeds", "repeats"):
-        value = getattr(args, name)
-        if not 1 <= value <= 1000:
-            raise NitroGenInputError(f"--{name} {value} is out of range; allowed 1..1000")
-    if args.steps is not None and not 2 <= args.steps <= 1000:
-        raise NitroGenInputError(f"--steps {args.steps} is out of range; allowed 2..1000")
-    result = evaluate(args)
+    # Everything that can be refused is checked before sampling, which takes up to ~17 minutes.
+    if args.readme:
+        check_readme(Path(args.readme))
+    if args.from_json:
+        result = load_result(Path(args.from_json))
+    else:
+        command = bench_command(args)                # before the defaults below fill in unset flags
+        args.seeds = args.seeds if args.seeds is not None else (2 if args.quick else 12)
+        args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+        for name in ("seeds", "repeats"):
+            value = getattr(args, name)
+            if not 1 <= value <= 1000:
+                raise NitroGenInputError(f"--{name} {value} is out of range; allowed 1..1000")
+        if args.steps is not None and not 2 <= args.steps <= 1000:
+            raise NitroGenInputError(f"--steps {args.steps} is out of range; allowed 2..1000")
+        result = {**evaluate(args), "command": command}
     print(format_table(result))
-    point = result["default_point"]
+    point = result.get("default_point") or {}
     if point:
         met = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in point["targets"].items())
         print(f"default tau {result['default_threshold']:g}: {met}")
@@ -282,6 +550,8 @@ def cmd_bench(args) -> int:
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(result, Path(args.plot))
+    if args.readme:
+        write_readme(Path(args.readme), render_markdown(result, args.readme))
     return 0
 
 
