@@ -357,45 +357,49 @@ ROW_KEYS = ("mode", "steps", "threshold", "width", "seconds_per_image", "psnr_to
 RESULT_KEYS = ("images", "seeds", "steps", "cfg", "repeats", "threads", "default_threshold")
 
 
-def _read_readme(path: Path) -> str:
+BENCH_MARKERS = (README_BEGIN, README_END)
+
+
+def _read_readme(path: Path, markers: tuple[str, str] = BENCH_MARKERS) -> str:
     if not path.is_file():
-        raise NitroGenInputError(f"--readme {path} does not exist (it must hold the {README_BEGIN} and "
-                                 f"{README_END} marker lines)")
+        raise NitroGenInputError(f"--readme {path} does not exist (it must hold the {markers[0]} and "
+                                 f"{markers[1]} marker lines)")
     try:
         return path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise NitroGenInputError(f"--readme {path} cannot be read as UTF-8 text: {exc}") from None
 
 
-def _generated_span(text: str, path: Path) -> tuple[int, int]:
+def _generated_span(text: str, path: Path, markers: tuple[str, str] = BENCH_MARKERS) -> tuple[int, int]:
     """Offsets of the generated block: just after the begin marker's line, the start of the end marker's."""
+    begin_marker, end_marker = markers
     lines = text.splitlines(keepends=True)
-    found = {m: [i for i, line in enumerate(lines) if line.strip() == m] for m in (README_BEGIN, README_END)}
+    found = {m: [i for i, line in enumerate(lines) if line.strip() == m] for m in markers}
     for marker, where in found.items():
         if len(where) != 1:
             count = "no" if not where else f"{len(where)}"
             raise NitroGenInputError(f"--readme {path} has {count} {marker} marker lines; exactly one "
-                                     f"{README_BEGIN} line followed by one {README_END} line is needed")
-    begin, end = found[README_BEGIN][0], found[README_END][0]
+                                     f"{begin_marker} line followed by one {end_marker} line is needed")
+    begin, end = found[begin_marker][0], found[end_marker][0]
     if end < begin:
-        raise NitroGenInputError(f"--readme {path} has its {README_END} line before its {README_BEGIN} line")
+        raise NitroGenInputError(f"--readme {path} has its {end_marker} line before its {begin_marker} line")
     offset = lambda i: sum(map(len, lines[:i]))
     return offset(begin + 1), offset(end)
 
 
-def check_readme(path: Path) -> None:
-    _generated_span(_read_readme(path), path)
+def check_readme(path: Path, markers: tuple[str, str] = BENCH_MARKERS) -> None:
+    _generated_span(_read_readme(path, markers), path, markers)
 
 
-def replace_generated(text: str, markdown: str, path: Path) -> str:
+def replace_generated(text: str, markdown: str, path: Path, markers: tuple[str, str] = BENCH_MARKERS) -> str:
     """`text` with the block between the markers replaced; every byte outside it, markers included, kept."""
-    start, stop = _generated_span(text, path)
+    start, stop = _generated_span(text, path, markers)
     return text[:start] + "\n" + markdown.strip("\n") + "\n\n" + text[stop:]
 
 
-def write_readme(path: Path, markdown: str) -> None:
-    text = _read_readme(path)
-    updated = replace_generated(text, markdown, path)
+def write_readme(path: Path, markdown: str, markers: tuple[str, str] = BENCH_MARKERS) -> None:
+    text = _read_readme(path, markers)
+    updated = replace_generated(text, markdown, path, markers)
     if updated == text:
         return
     # A temporary file next to it, then a rename: a crash never leaves a half-written README.

@@ -1,0 +1,228 @@
+"""How good could per-patch skipping get? The adaptive sampler against its own upper bounds.
+
+    python -m nitrogen_core bench bound [--ckpt PATH] [--seeds N] [--taus T,T,...] [--json PATH]
+
+Four adaptive variants on the same seeds, the same rule (tau, warm-up, refresh, exits) and the
+same MAC accounting (the trained gate's MACs per gated step), next to step caching:
+- gate            the shipped sampler: the trained gate decides, the sparse executor recomputes;
+- gate + exact    the same decisions, but every recomputed block gets the exact dense eps instead
+                  of the sparse executor's stale-context approximation (an extra dense forward
+                  that is *not* counted);
+- oracle gate     the gate's prediction replaced by the true residual per patch,
+                  ||eps_fresh - eps_cached|| at width 1.0 (another uncounted dense forward);
+- oracle + exact  both.
+The last three are bounds, not methods: they tell whether a loss comes from the predictor, the
+executor, or per-patch skipping itself. Quality is PSNR to full compute on the same seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import sampler as sampler_module
+from ..checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
+from ..diffusion import Schedule, split_prediction
+from ..errors import NitroGenInputError
+from ..model import NitroGenModel
+from ..sampler import SamplerSettings, make_noise, sample
+from ..sparse import dense_forward
+from .evaluate import BENCH_SEED, CHUNK, _markdown_table, check_readme, interpolate, write_readme
+from .metrics import psnr
+
+DEFAULT_TAUS = (0.005, 0.01, 0.02, 0.04)
+BOUND_MARKERS = ("<!-- bound:begin -->", "<!-- bound:end -->")
+CACHE_TAUS = (0.003, 0.01, 0.03, 0.1)
+
+
+class OracleGate(nn.Module):
+    """Stands in for the trained gate: returns the true per-patch residual RMS of
+    (eps_fresh - eps_cached), (B, Hp, Wp), the quantity the gate is trained to predict, computed
+    with a dense forward of the guided eps. Its MACs are reported as the trained gate's, so the
+    MAC accounting is the shipped sampler's."""
+
+    def __init__(self, model: NitroGenModel, labels: torch.Tensor, cfg_scale: float):
+        super().__init__()
+        self.trained_gate_macs = model.gate.macs()
+        self.unet, self.config = model.unet, model.config
+        self.labels, self.cfg_scale = labels, cfg_scale
+        self.schedule = Schedule(model.config.train_timesteps)
+
+    def forward(self, x_t, t, eps_cached, eps_delta):
+        B, cfg = x_t.shape[0], self.config
+        if B != len(self.labels):
+            raise RuntimeError(f"oracle gate called on {B} images, set up for {len(self.labels)}: "
+                               f"run it with budget 1.0 so every image can afford the gate")
+        guided = self.cfg_scale != 1.0
+        labels = self.labels.to(x_t.device)
+        model_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else labels
+        x_in, t_in = (torch.cat([x_t, x_t]), torch.cat([t, t])) if guided else (x_t, t)
+        out, _, _ = dense_forward(self.unet, x_in, t_in, model_labels, 1.0, record=False)
+        alpha, sigma = self.schedule.alpha_sigma(int(t[0]))
+        eps, _ = split_prediction(sampler_module._guide(out, self.cfg_scale), x_t.float(), alpha, sigma,
+                                  cfg.prediction)                                   # (B, C, H, W)
+        diff = (eps - eps_cached.float()).square().mean(1, keepdim=True)            # (B, 1, H, W)
+        return F.avg_pool2d(diff, cfg.patch_size)[:, 0].sqrt()                      # (B, Hp, Wp)
+
+    def macs(self) -> int:
+        return self.trained_gate_macs
+
+
+_shipped_sparse_forward = sampler_module.sparse_forward
+
+
+def _exact_sparse_forward(unet, x, t, labels, cache, block_mask):
+    """The sparse executor's bookkeeping (cache update, MACs), but the dense output: every
+    recomputed block gets its exact eps. The sampler uses the output only in active blocks."""
+    _, macs = _shipped_sparse_forward(unet, x, t, labels, cache, block_mask)
+    out, _, _ = dense_forward(unet, x, t, labels, cache.width, record=False)
+    return out, macs
+
+
+@contextlib.contextmanager
+def variant(model: NitroGenModel, name: str, labels: torch.Tensor, cfg_scale: float):
+    """Temporarily swap the gate of `model` for the oracle ("oracle ..." variants) and the
+    sampler's executor for the exact one ("... + exact" variants)."""
+    if name not in VARIANTS:
+        raise ValueError(f"variant {name!r} is not one of {VARIANTS}")
+    trained = model.gate
+    with contextlib.ExitStack() as stack:
+        if name.startswith("oracle"):
+            model.gate = OracleGate(model, labels, cfg_scale)
+            stack.callback(setattr, model, "gate", trained)
+        if name.endswith("+ exact"):
+            stack.enter_context(mock.patch.object(sampler_module, "sparse_forward", _exact_sparse_forward))
+        yield
+
+
+VARIANTS = ("gate", "gate + exact", "oracle gate", "oracle + exact")
+
+
+def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) -> dict:
+    ck = load_checkpoint(ckpt_path)
+    model, cfg = ck.model, ck.config
+    steps, cfg_scale = ck.sampler.get("steps", 20), ck.sampler.get("cfg", 1.5)
+    labels = torch.arange(cfg.num_classes).repeat(seeds)                       # (n,) seeds per class
+    noise = make_noise(cfg, len(labels), seed=BENCH_SEED)                      # (n, C, H, W)
+    base = dict(steps=steps, cfg=cfg_scale)
+
+    def sample_all(settings: SamplerSettings, schedule=(1.0,)) -> tuple[torch.Tensor, float]:
+        """Images (n, C, H, W) and mean MACs per image, in chunks the sampler accepts."""
+        images, macs = [], []
+        for lo in range(0, len(labels), CHUNK):
+            if isinstance(model.gate, OracleGate):
+                model.gate.labels = labels[lo:lo + CHUNK]                     # the oracle needs its images' labels
+            res = sample(model, noise[lo:lo + CHUNK], labels[lo:lo + CHUNK], settings, schedule)
+            images.append(res.images)
+            macs.append(torch.as_tensor(res.record.macs_used_per_image, dtype=torch.float64))
+        return torch.cat(images), float(torch.cat(macs).mean())
+
+    full_images, full_macs = sample_all(SamplerSettings(mode="full", **base))
+    rows = []
+
+    def add(name: str, tau: float, settings: SamplerSettings, schedule=(1.0,)) -> None:
+        images, macs = sample_all(settings, schedule)
+        p = psnr(images, full_images).clamp(max=100)                          # identical images: 100 dB
+        rows.append({"mode": name, "threshold": tau, "mac_ratio": macs / full_macs,
+                     "psnr_to_full": float(p.mean()), "psnr_to_full_min": float(p.min())})
+        log(f"  {name:15s} tau={tau:<7g} MACs/full {rows[-1]['mac_ratio']:.3f}  "
+            f"PSNR {rows[-1]['psnr_to_full']:.1f} / worst {rows[-1]['psnr_to_full_min']:.1f} dB")
+
+    for name in VARIANTS:
+        with variant(model, name, labels, cfg_scale):
+            for tau in taus:
+                add(name, tau, SamplerSettings(threshold=tau, **base), ck.width_schedule)
+    for tau in CACHE_TAUS:
+        add("cache", tau, SamplerSettings(mode="cache", threshold=tau, **base))
+    return {"rows": rows, "ckpt": str(ckpt_path), "seeds": seeds, "images": len(labels), "steps": steps,
+            "cfg": cfg_scale}
+
+
+def format_bound(result: dict) -> str:
+    lines = [f"{'variant':15s} {'tau':>7s} {'MACs/full':>9s} {'PSNR':>6s} {'worst':>6s}"]
+    for r in result["rows"]:
+        lines.append(f"{r['mode']:15s} {r['threshold']:7g} {r['mac_ratio']:9.3f} "
+                     f"{r['psnr_to_full']:6.1f} {r['psnr_to_full_min']:6.1f}")
+    return "\n".join(lines)
+
+
+def render_bound_markdown(result: dict) -> str:
+    """The rows as a markdown table, each next to step caching's PSNR interpolated at its MACs."""
+    head = (f"Generated by `{result.get('command', 'python -m nitrogen_core bench bound')}`: "
+            f"{result['images']} images ({result['seeds']} per class), {result['steps']} DDIM steps, "
+            f"cfg {result['cfg']:g}; PSNR to full compute on the same seeds, mean / worst image. "
+            f"Oracle MACs are counted as the trained gate's.")
+    rows = []
+    for r in result["rows"]:
+        if r["mode"] == "cache":
+            continue
+        cache = interpolate(result["rows"], "cache", "mac_ratio", r["mac_ratio"], "psnr_to_full")
+        rows.append([r["mode"], f"{r['threshold']:g}", f"{r['mac_ratio']:.3f}",
+                     f"{r['psnr_to_full']:.1f} / {r['psnr_to_full_min']:.1f} dB",
+                     "–" if cache is None else f"{cache:.1f} dB",
+                     "–" if cache is None else f"{r['psnr_to_full'] - cache:+.1f} dB"])
+    cache_rows = [f"τ {r['threshold']:g}: {r['mac_ratio']:.3f} MACs, {r['psnr_to_full']:.1f} / "
+                  f"{r['psnr_to_full_min']:.1f} dB" for r in result["rows"] if r["mode"] == "cache"]
+    table = _markdown_table(["variant", "τ", "MACs/full", "PSNR to full (mean / worst)",
+                             "cache at same MACs (mean)", "vs cache"], rows)
+    return "\n\n".join([head, table, "Step caching's measured points: " + "; ".join(cache_rows) + "."])
+
+
+def _taus(text: str) -> tuple[float, ...]:
+    try:
+        taus = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise NitroGenInputError(f"--taus {text!r} must be comma-separated numbers, e.g. 0.005,0.01") from None
+    bad = [t for t in taus if not 0 < t <= 100]
+    if bad:
+        raise NitroGenInputError(f"--taus {text!r}: {bad[0]:g} is out of range; allowed (0, 100]")
+    return taus
+
+
+def add_bound_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", default=str(BUNDLED_CHECKPOINT), help="checkpoint (default: the bundled one)")
+    p.add_argument("--seeds", type=int, default=2, help="images per class (default 2)")
+    p.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS), help="adaptive thresholds")
+    p.add_argument("--json", default=None, help="write the rows as JSON here")
+    p.add_argument("--readme", default=None,
+                   help=f"replace the text between the {BOUND_MARKERS[0]} and {BOUND_MARKERS[1]} lines of this file")
+
+
+def cmd_bound(args) -> int:
+    if not 1 <= args.seeds <= 1000:
+        raise NitroGenInputError(f"--seeds {args.seeds} is out of range; allowed 1..1000")
+    taus = _taus(args.taus)
+    if args.readme:
+        check_readme(Path(args.readme), BOUND_MARKERS)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    result = run_bound(args.ckpt, args.seeds, taus, log=log)
+    result["command"] = " ".join(["python -m nitrogen_core bench bound", *_given_flags(args)])
+    print(format_bound(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.readme:
+        write_readme(Path(args.readme), render_bound_markdown(result), BOUND_MARKERS)
+    return 0
+
+
+def _given_flags(args) -> list[str]:
+    """The flags that differ from their defaults, as typed, so the README can show the command."""
+    flags = []
+    if args.ckpt != str(BUNDLED_CHECKPOINT):
+        flags += ["--ckpt", args.ckpt]
+    if args.seeds != 2:
+        flags += ["--seeds", str(args.seeds)]
+    if args.taus != ",".join(f"{t:g}" for t in DEFAULT_TAUS):
+        flags += ["--taus", args.taus]
+    for name in ("json", "readme"):
+        if getattr(args, name):
+            flags += [f"--{name}", getattr(args, name)]
+    return flags
