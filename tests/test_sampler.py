@@ -42,9 +42,10 @@ def labels() -> torch.Tensor:
 
 
 def settings(**kw) -> SamplerSettings:
-    # dense_above=1.0: partial steps stay sparse, so these tests see the sparse machinery
+    # dense_above=1.0: partial steps stay sparse, so these tests see the sparse machinery;
+    # image_skip=0: no image sits a step out unless a test asks for it
     base = dict(steps=STEPS, cfg=1.0, mode="adaptive", threshold=MID, warmup=2, refresh_every=0,
-                max_skips=2, exit_patience=2, dense_above=1.0)
+                max_skips=2, exit_patience=2, dense_above=1.0, image_skip=0.0)
     base.update(kw)
     return SamplerSettings(**base)
 
@@ -85,9 +86,12 @@ def test_threshold_zero_reproduces_full(model, noise, labels, guidance, schedule
     assert full.record.widths == (1.0,) * STEPS                 # full compute ignores the width schedule
 
 
-def test_width_schedule_applies_to_gated_runs(model, noise, labels):
-    rec = sample(model, noise, labels, settings(cfg=2.0), width_schedule=(0.5, 1.0)).record
+@pytest.mark.parametrize("image_skip", [0.0, 100.0])
+def test_width_schedule_applies_to_gated_runs(model, noise, labels, image_skip):
+    """A width change is one dense pass over the batch: no image may sit it out."""
+    rec = sample(model, noise, labels, settings(cfg=2.0, image_skip=image_skip), width_schedule=(0.5, 1.0)).record
     assert rec.widths == (0.5,) * (STEPS // 2) + (1.0,) * (STEPS // 2)
+    assert rec.steps[STEPS // 2].dense and rec.steps[STEPS // 2].mask.all()
 
 
 # -- determinism ------------------------------------------------------------------------------------
@@ -253,7 +257,7 @@ BAD_SETTINGS = [
     ("mode", "fast"),
     ("warmup", 0), ("warmup", -2), ("refresh_every", -1), ("max_skips", -1), ("exit_patience", -1),
     ("steps", True), ("dense_above", -0.1), ("dense_above", 1.5), ("dense_above", float("nan")),
-    ("width", 0), ("width", 1.5), ("mode", "slim"),
+    ("width", 0), ("width", 1.5), ("mode", "slim"), ("image_skip", -0.5), ("image_skip", float("nan")),
 ]
 
 
@@ -391,3 +395,62 @@ def test_slim_width_runs_every_step_at_that_width(model, noise, labels):
     assert rec.macs_used == step_costs(model.unet, 0.5).dense * STEPS < rec.macs_full
     with pytest.raises(NitroGenInputError, match=r"width=0.3 is not one of the model's widths"):
         sample(model, noise, labels, settings(mode="full", width=0.3))
+
+
+# -- whole images sitting a step out (step caching's rule inside the adaptive sampler) -----------------
+
+def test_image_drift_follows_step_cachings_rule():
+    d = sampler_mod.ImageDrift(2)
+    tau, weight = 1.0, 0.5
+    assert not d.skippable(0, weight, tau, max_skips=3).any()                 # no rate measured yet: never
+    measured, none = torch.tensor([True, True]), torch.tensor([False, False])
+    d.update(0, weight, none, measured, torch.tensor([9.0, 9.0]))             # first measurement: no rate yet
+    assert torch.isinf(d.rate).all()
+    d.update(2, weight, none, measured, torch.tensor([0.8, 8.0]))             # 2 steps apart: rate 0.4 and 4.0
+    assert torch.allclose(d.rate, torch.tensor([0.4, 4.0]))
+    # one step after the last measurement: predicted 0.4 * 1 * 0.5 = 0.2 < 1, and 2.0 >= 1
+    assert d.skippable(3, weight, tau, max_skips=3).tolist() == [True, False]
+    d.update(3, weight, torch.tensor([True, False]), torch.tensor([False, True]), torch.tensor([0.0, 4.0]))
+    assert d.drift[0].item() == pytest.approx(0.2) and d.skips.tolist() == [1, 0]
+    # the run accumulates: 0.2 + 0.4 * 2 * 0.5 = 0.6 < 1 at step 4; then 0.6 + 0.4 * 3 * 0.5 = 1.2 >= 1
+    assert d.skippable(4, weight, tau, max_skips=3)[0]
+    d.update(4, weight, torch.tensor([True, False]), torch.tensor([False, True]), torch.tensor([0.0, 4.0]))
+    assert not d.skippable(5, weight, tau, max_skips=3)[0]
+    assert not d.skippable(5, weight, 100.0, max_skips=2)[0]                 # the cap on skips in a row
+
+
+def test_images_sit_out_whole_steps_at_no_cost(model, noise, labels, monkeypatch):
+    """With a generous image_skip, images sit steps out: no block, no gate, zero MACs that step,
+    at most max_skips in a row; the result stays deterministic and within budget."""
+    monkeypatch.setattr(model, "gate", ConstantGate(model.gate, 1e9))       # the gate would recompute everything
+    s = settings(steps=10, warmup=2, image_skip=100.0, max_skips=2, exit_patience=0)
+    rec = sample(model, noise, labels, s).record
+    sat_out = [(st.index, b) for st in rec.steps for b in range(B) if not st.mask[b].any()]
+    assert sat_out and all(i >= 2 for i, _ in sat_out)
+    for i, b in sat_out:
+        assert rec.steps[i].macs[b] == 0                                      # not even the gate
+    run = np.zeros(B, dtype=int)
+    for st in rec.steps:
+        run = np.where(st.mask.reshape(B, -1).any(1), 0, run + 1)
+        assert (run <= 2).all()
+    again = sample(model, noise, labels, s)
+    assert np.array_equal(masks(again.record), masks(rec))
+    # image_skip 0: the same gate recomputes every image at every step
+    never = sample(model, noise, labels, settings(steps=10, warmup=2, image_skip=0.0, exit_patience=0)).record
+    assert all(st.mask.reshape(B, -1).any(1).all() for st in never.steps)
+
+
+def test_a_dense_step_with_images_sitting_out_computes_the_others_whole(model, noise, labels, monkeypatch):
+    """refresh_every=1 makes every step dense-due. Image 0 sits out the even steps: there is no
+    batch-wide dense pass then, image 1 gets all its blocks through the executor, image 0 none;
+    on the odd steps both run one dense pass."""
+    monkeypatch.setattr(sampler_mod.ImageDrift, "skippable",
+                        lambda self, step, weight, tau, max_skips: torch.tensor([step % 2 == 0, False]))
+    rec = sample(model, noise, labels, settings(steps=8, warmup=2, refresh_every=1, image_skip=1.0,
+                                                exit_patience=0)).record
+    for st in rec.steps[2:]:
+        image0, image1 = st.mask.reshape(B, -1)
+        if st.index % 2 == 0:
+            assert not st.dense and not image0.any() and image1.all() and st.macs[0] == 0
+        else:
+            assert st.dense and st.mask.all()
