@@ -256,6 +256,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
             rows = can_gate.nonzero(as_tuple=True)[0]
             want = torch.zeros(B, nb, nb, dtype=torch.bool)
             if len(rows):
+                if hasattr(gate, "select_images"):           # a diagnostic gate (bench bound's oracle)
+                    gate.select_images(rows)                  # needs to know which images it sees
                 with torch.no_grad():
                     r = gate(x[rows].to(dtype), t_batch[rows].to(dtype), eps_cached[rows].to(dtype),
                              eps_delta[rows].to(dtype)).float().cpu()              # (Bg, Hp, Wp)

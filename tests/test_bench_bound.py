@@ -64,11 +64,19 @@ def test_oracle_gate_is_the_true_per_patch_residual(model):
     assert oracle.macs() == model.gate.macs()                                # accounted as the trained gate
 
 
-def test_oracle_gate_refuses_a_subset_of_the_images(model):
-    oracle = OracleGate(model, torch.tensor([0, 1, 2]), CFG_SCALE)
-    x = make_noise(model.config, 2, seed=0)
+def test_oracle_gate_sees_the_rows_the_sampler_selects(model):
+    """The sampler gates a subset of the batch when images sit a step out: the oracle must use
+    those images' labels, and refuse a batch that does not match."""
+    labels = torch.tensor([0, 1, 2])
+    x = make_noise(model.config, 3, seed=4)
+    eps = fresh_guided_eps(model, x, 500, labels)
+    oracle = OracleGate(model, labels, CFG_SCALE)
+    rows = torch.tensor([0, 2])
+    oracle.select_images(rows)
+    r = oracle(x[rows], torch.full((2,), 500.0), eps[rows], torch.zeros_like(x[rows]))
+    assert r.abs().max() < 1e-5                          # right labels: the cached eps is exact
     with pytest.raises(RuntimeError, match="oracle gate called on 2 images, set up for 3"):
-        oracle(x, torch.full((2,), 500.0), torch.zeros_like(x), torch.zeros_like(x))
+        oracle(x[rows], torch.full((2,), 500.0), eps[rows], torch.zeros_like(x[rows]))
 
 
 def test_oracle_with_a_tiny_threshold_follows_full_compute(model):

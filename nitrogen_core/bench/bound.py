@@ -53,15 +53,22 @@ class OracleGate(nn.Module):
         self.trained_gate_macs = model.gate.macs()
         self.unet, self.config = model.unet, model.config
         self.labels, self.cfg_scale = labels, cfg_scale
+        self.rows: torch.Tensor | None = None
         self.schedule = Schedule(model.config.train_timesteps)
+
+    def select_images(self, rows: torch.Tensor) -> None:
+        """Called by the sampler before each gate call: the batch rows (n,) it is about to see
+        (images sitting the step out, or short of budget, are not gated)."""
+        self.rows = rows
 
     def forward(self, x_t, t, eps_cached, eps_delta):
         B, cfg = x_t.shape[0], self.config
-        if B != len(self.labels):
-            raise RuntimeError(f"oracle gate called on {B} images, set up for {len(self.labels)}: "
-                               f"run it with budget 1.0 so every image can afford the gate")
+        labels = self.labels if self.rows is None else self.labels[self.rows]
+        self.rows = None
+        if B != len(labels):
+            raise RuntimeError(f"oracle gate called on {B} images, set up for {len(labels)}")
         guided = self.cfg_scale != 1.0
-        labels = self.labels.to(x_t.device)
+        labels = labels.to(x_t.device)
         model_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else labels
         x_in, t_in = (torch.cat([x_t, x_t]), torch.cat([t, t])) if guided else (x_t, t)
         out, _, _ = dense_forward(self.unet, x_in, t_in, model_labels, 1.0, record=False)
