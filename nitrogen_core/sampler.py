@@ -9,9 +9,9 @@ Adaptive mode, per step (DESIGN §1.3):
 - Whole images first: after warm-up, an image sits a step out (no gate call, no compute, its
   cached eps reused everywhere) while step caching's rule (ImageDrift: its measured eps drift
   rate x staleness x step weight, summed over the run) predicts an image change below
-  image_skip * tau, at most max_skips steps in a row. Such an image costs nothing that step;
-  on 18 images this lifts PSNR to full by 7 dB at ~0.45 of the MACs and changes little above
-  0.6 (bench bound / bench show the curves). Not across a width change (one dense pass).
+  image_skip * tau, at most max_skips steps in a row. Such an image costs nothing that step.
+  On the benchmark (108 images) this lifted PSNR to full by ~7 dB at 0.45 of the MACs and cost
+  1.8 dB at 0.58. Not across a width change (one dense pass).
 - Other steps ask the gate for each patch's predicted residual r = ||eps_fresh - eps_cached||.
   The threshold tau is in image units: reusing the cached eps at step i moves the final image
   by about r * step_weight[i] (see image_weights), which is ~25x larger early than late.
@@ -26,8 +26,8 @@ Adaptive mode, per step (DESIGN §1.3):
   exited_at is each patch's final retirement. Exits happen only within the last width segment.
 - A step that wants more than `dense_above` of the blocks runs as a dense step and refreshes
   every block (while some images sit out, each image wanting that many gets all its blocks
-  through the executor instead): on the CPU torch executor a sparse step over ~40% of the blocks is
-  slower than a dense one, and sampling runs fastest at 0.25 (bench.adaptive_speed).
+  through the executor instead): on the CPU torch executor a sparse step over ~40% of the
+  blocks is slower than a dense one, and sampling runs fastest at 0.25 (bench.adaptive_speed).
 - Patches are merged into `block_size` blocks for execution; every patch of a computed block
   gets its fresh eps, and the record's mask says exactly which patches were computed.
 - CFG: the conditional and unconditional halves share one mask; the gate sees the guided eps.
@@ -245,8 +245,9 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         priority = skip_run.float()                                           # stalest first when trimming
         # Whole images first (step caching's rule, on the image's measured drift): an image that
         # sits the step out costs nothing, not even the gate.
+        # Not across a width change: that is one dense pass over the batch.
         sit_out = torch.zeros(B, dtype=torch.bool)
-        if skip_images and i >= settings.warmup and cache is not None and cache.width == width:   # a width change is one dense pass
+        if skip_images and i >= settings.warmup and cache is not None and cache.width == width:
             sit_out = image_drift.skippable(i, step_weight[i], settings.image_skip * settings.threshold,
                                             settings.max_skips)
         if dense_due or not use_gate:
