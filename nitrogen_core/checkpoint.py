@@ -18,6 +18,7 @@ and the problem instead of a traceback from deep inside a library. Nothing is ev
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -213,18 +214,25 @@ def save_checkpoint(path, model, *, kind: str, labels, width_schedule=(1.0,), tr
     return write_safetensors_atomic(path, tensors, metadata)
 
 
-def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write via a temporary file in the same folder and rename: a crash never leaves half a file."""
-    from safetensors.torch import save_file
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """Yield a temporary path in `path`'s folder; on success rename it onto `path`, on error
+    remove it: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

@@ -155,8 +155,8 @@ def test_bound_bad_flags_are_one_line_errors(flags, message):
 def test_bound_samples_in_chunks_and_gives_the_oracle_each_chunks_labels(tiny_ckpt, monkeypatch):
     """More images than one sampler call takes: every chunk runs, and the oracle is told its labels
     (it refuses a batch it was not set up for)."""
-    from nitrogen_core.bench import bound
-    monkeypatch.setattr(bound, "CHUNK", 2)
+    from nitrogen_core.bench import bound, evaluate
+    monkeypatch.setattr(evaluate, "CHUNK", 2)                                  # the shared chunked sampling loop
     result = bound.run_bound(str(tiny_ckpt), seeds=1, taus=(0.05,), log=lambda msg: None)
     assert result["images"] == 3
     assert {r["mode"] for r in result["rows"]} == {"gate", "gate + exact", "oracle gate", "oracle + exact", "cache"}

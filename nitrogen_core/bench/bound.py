@@ -32,9 +32,10 @@ from ..checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
-from ..sampler import SamplerSettings, make_noise, sample
+from ..sampler import SamplerSettings, make_noise
 from ..sparse import dense_forward
-from .evaluate import BENCH_SEED, CHUNK, _markdown_table, check_readme, interpolate, write_readme
+from .evaluate import (BENCH_SEED, _markdown_table, check_readme, command_line, interpolate,
+                       sample_in_chunks, write_readme)
 from .metrics import psnr
 
 DEFAULT_TAUS = (0.005, 0.01, 0.02, 0.04)
@@ -121,15 +122,12 @@ def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) ->
     base = dict(steps=steps, cfg=cfg_scale)
 
     def sample_all(settings: SamplerSettings, schedule=(1.0,)) -> tuple[torch.Tensor, float]:
-        """Images (n, C, H, W) and mean MACs per image, in chunks the sampler accepts."""
-        images, macs = [], []
-        for lo in range(0, len(labels), CHUNK):
+        """Images (n, C, H, W) and mean MACs per image; the oracle is told each chunk's labels."""
+        def tell_oracle(lo: int, hi: int) -> None:
             if isinstance(model.gate, OracleGate):
-                model.gate.labels = labels[lo:lo + CHUNK]                     # the oracle needs its images' labels
-            res = sample(model, noise[lo:lo + CHUNK], labels[lo:lo + CHUNK], settings, schedule)
-            images.append(res.images)
-            macs.append(torch.as_tensor(res.record.macs_used_per_image, dtype=torch.float64))
-        return torch.cat(images), float(torch.cat(macs).mean())
+                model.gate.labels = labels[lo:hi]
+        images, macs, _ = sample_in_chunks(model, noise, labels, settings, schedule, before_chunk=tell_oracle)
+        return images, float(macs.mean())
 
     full_images, full_macs = sample_all(SamplerSettings(mode="full", **base))
     rows = []
@@ -210,7 +208,7 @@ def cmd_bound(args) -> int:
         check_readme(Path(args.readme), BOUND_MARKERS)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     result = run_bound(args.ckpt, args.seeds, taus, log=log)
-    result["command"] = " ".join(["python -m nitrogen_core bench bound", *_given_flags(args)])
+    result["command"] = bound_command(args)
     print(format_bound(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -220,16 +218,11 @@ def cmd_bound(args) -> int:
     return 0
 
 
-def _given_flags(args) -> list[str]:
-    """The flags that differ from their defaults, as typed, so the README can show the command."""
-    flags = []
-    if args.ckpt != str(BUNDLED_CHECKPOINT):
-        flags += ["--ckpt", args.ckpt]
-    if args.seeds != 2:
-        flags += ["--seeds", str(args.seeds)]
-    if args.taus != ",".join(f"{t:g}" for t in DEFAULT_TAUS):
-        flags += ["--taus", args.taus]
-    for name in ("json", "readme"):
-        if getattr(args, name):
-            flags += [f"--{name}", getattr(args, name)]
-    return flags
+def bound_command(args) -> str:
+    """The command line of this run: the flags that differ from their defaults, as typed."""
+    default_taus = ",".join(f"{t:g}" for t in DEFAULT_TAUS)
+    given = [("--ckpt", None if args.ckpt == str(BUNDLED_CHECKPOINT) else args.ckpt),
+             ("--seeds", None if args.seeds == 2 else args.seeds),
+             ("--taus", None if args.taus == default_taus else args.taus),
+             ("--json", args.json), ("--readme", args.readme)]
+    return command_line(["python -m nitrogen_core bench bound"], given)

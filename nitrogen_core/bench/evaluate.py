@@ -28,14 +28,13 @@ import os
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
+from ..checkpoint import BUNDLED_CHECKPOINT, atomic_file, load_checkpoint
 from ..errors import NitroGenInputError
 from ..sampler import SamplerSettings, make_noise, sample
 from .metrics import frechet_distance, kid, psnr, ssim
@@ -61,16 +60,26 @@ class Config:
     def run(self, model, noise: torch.Tensor, labels: torch.Tensor) -> None:
         """Sample every image once; keep images and MACs the first time, time every time."""
         start = time.perf_counter()
-        images, macs = [], []
-        for lo in range(0, len(noise), CHUNK):
-            res = sample(model, noise[lo:lo + CHUNK], labels[lo:lo + CHUNK], self.settings, self.schedule)
-            images.append(res.images)
-            macs.append(torch.as_tensor(res.record.macs_used_per_image, dtype=torch.float64))
-            self.macs_full = res.record.macs_full
+        images, macs, self.macs_full = sample_in_chunks(model, noise, labels, self.settings, self.schedule)
         self.seconds.append((time.perf_counter() - start) / len(noise))
         if self.images is None:
-            self.images = torch.cat(images)
-            self.macs_per_image = float(torch.cat(macs).mean())
+            self.images, self.macs_per_image = images, float(macs.mean())
+
+
+def sample_in_chunks(model, noise: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings,
+                     schedule=(1.0,), before_chunk=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sample in calls of at most CHUNK images. Returns images (n, C, H, W), MACs used per image
+    (n,) float64 and full compute's MACs per image. `before_chunk(lo, hi)` runs before each call."""
+    images, macs, macs_full = [], [], 0
+    for lo in range(0, len(noise), CHUNK):
+        hi = min(lo + CHUNK, len(noise))
+        if before_chunk is not None:
+            before_chunk(lo, hi)
+        res = sample(model, noise[lo:hi], labels[lo:hi], settings, schedule)
+        images.append(res.images)
+        macs.append(torch.as_tensor(res.record.macs_used_per_image, dtype=torch.float64))
+        macs_full = res.record.macs_full
+    return torch.cat(images), torch.cat(macs), macs_full
 
 
 def build_configs(steps: int, cfg_scale: float, schedule, sweep) -> list[Config]:
@@ -352,12 +361,10 @@ def render_markdown(result: dict, readme: str = "README.md") -> str:
 # -- README block and saved results (one-line errors naming the path) -------------------------------
 
 README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+BENCH_MARKERS = (README_BEGIN, README_END)
 ROW_KEYS = ("mode", "steps", "threshold", "width", "seconds_per_image", "psnr_to_full", "psnr_to_full_min",
             "ssim_to_full", "fid", "kid", "mac_ratio", "time_ratio")
 RESULT_KEYS = ("images", "seeds", "steps", "cfg", "repeats", "threads", "default_threshold")
-
-
-BENCH_MARKERS = (README_BEGIN, README_END)
 
 
 def _read_readme(path: Path, markers: tuple[str, str] = BENCH_MARKERS) -> str:
@@ -402,16 +409,9 @@ def write_readme(path: Path, markdown: str, markers: tuple[str, str] = BENCH_MAR
     updated = replace_generated(text, markdown, path, markers)
     if updated == text:
         return
-    # A temporary file next to it, then a rename: a crash never leaves a half-written README.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(updated.encode("utf-8"))
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(updated.encode("utf-8"))
         os.chmod(tmp, path.stat().st_mode & 0o7777)           # mkstemp makes it 0600; keep the README's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_result(path: Path) -> dict:
@@ -515,15 +515,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="N, the full step count (default: checkpoint's)")
 
 
+def command_line(words: list[str], given: list[tuple[str, object]]) -> str:
+    """`words` then each (flag, value) whose value is not None, quoted for a shell."""
+    return " ".join([*words, *(f"{flag} {shlex.quote(str(value))}" for flag, value in given if value is not None)])
+
+
 def bench_command(args) -> str:
     """The command line of this run from the parsed flags: only those given, paths as given."""
     given = [("--seeds", args.seeds), ("--repeats", args.repeats), ("--steps", args.steps),
              ("--ckpt", None if args.ckpt == str(BUNDLED_CHECKPOINT) else args.ckpt),
              ("--judge", None if args.judge == str(DEFAULT_JUDGE) else args.judge),
              ("--json", args.json), ("--plot", args.plot), ("--readme", args.readme)]
-    words = ["python -m nitrogen_core bench", *(["--quick"] if args.quick else [])]
-    words += [f"{flag} {shlex.quote(str(value))}" for flag, value in given if value is not None]
-    return " ".join(words)
+    return command_line(["python -m nitrogen_core bench", *(["--quick"] if args.quick else [])], given)
 
 
 def cmd_bench(args) -> int:
