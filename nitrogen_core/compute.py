@@ -396,24 +396,41 @@ def _legend_font(size: int):
         return ImageFont.load_default()
 
 
-def _with_legend(heat: Image.Image, lut: np.ndarray, title: str, lo: str, hi: str, footer: str) -> Image.Image:
-    """Append a panel on the right: title, vertical colorbar with min/max labels, MACs-saved line.
+# The widest footer any record can produce (saved is at most 100%, and slightly negative when the
+# gate's MACs ride on all-dense steps); the panel is sized for it, so its width never depends on
+# one image's figure and every heatmap of a batch has the same shape (they are stacked).
+_WIDEST_FOOTERS = ("MACs saved: 100.0%", "MACs saved: -100.0%")
+
+
+def _legend_width(size: int, title: str, lo: str, hi: str, footers: list[str]) -> int:
+    """Panel width in px for a heatmap of side `size`: fits the title, the colorbar with its tick
+    labels, and the widest of `footers` and _WIDEST_FOOTERS."""
+    font = _legend_font(size)
+
+    def text_w(text: str) -> int:
+        return font.getbbox(text)[2]
+
+    pad = max(4, font.getbbox("Ag%")[3] // 2)
+    bar_w = max(10, size // 20)
+    tick_w = max(text_w(lo), text_w(hi))
+    footer_w = max(text_w(f) for f in (*footers, *_WIDEST_FOOTERS))
+    return 2 * pad + max(text_w(title), footer_w, bar_w + pad + tick_w)
+
+
+def _with_legend(heat: Image.Image, lut: np.ndarray, title: str, lo: str, hi: str, footer: str,
+                 width: int) -> Image.Image:
+    """Append a panel `width` px wide on the right (see _legend_width): title, vertical colorbar
+    with min/max labels, MACs-saved line.
 
     The output is `heat.height` tall unless the legend needs more room (small sizes), in which case
     the heatmap sits at the top and the rest is background.
     """
     size = heat.height
     font = _legend_font(size)
-
-    def text_w(text: str) -> int:
-        return font.getbbox(text)[2]
-
     # Height of a line drawn at y: ink spans y..y + text_h (bbox bottom includes the top bearing).
     text_h = font.getbbox("Ag%")[3]
     pad = max(4, text_h // 2)
     bar_w = max(10, size // 20)
-    tick_w = max(text_w(lo), text_w(hi))
-    width = 2 * pad + max(text_w(title), text_w(footer), bar_w + pad + tick_w)
     line = pad + text_h + pad                                   # a text row with its padding
     height = max(size, 2 * line + 2 * text_h + pad)             # the colorbar fits both tick labels
 
@@ -481,12 +498,13 @@ def render_heatmap(record: ComputeRecord, mode: str = "share", image: Any = None
         else:
             title, lo, hi = "exit step", "0", f"{n} = never exited"
 
-    saved = record.saved_fraction_per_image
+    footers = [f"MACs saved: {100 * s:.1f}%" for s in record.saved_fraction_per_image]
+    panel_width = _legend_width(size, title, lo, hi, footers) if legend else 0
     images = []
     for b in range(record.batch):
         img = Image.fromarray(heats[b])
         if legend:
-            img = _with_legend(img, lut, title, lo, hi, f"MACs saved: {100 * saved[b]:.1f}%")
+            img = _with_legend(img, lut, title, lo, hi, footers[b], panel_width)
         images.append(img)
     return images
 

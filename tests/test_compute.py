@@ -414,3 +414,58 @@ def test_width_strip_many_steps_keeps_bar_colours():
     a = np.asarray(render_heatmap(rec, mode="width", legend=False)[0])
     lut = colormap_lut("inferno")
     assert (a[255, :120] == lut[64]).all() and (a[0, 136:] == lut[255]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every heatmap of a batch has one shape, whatever its legend text says (they are stacked into one
+# IMAGE tensor; a batch mixing "MACs saved: 6.3%" and "24.0%" used to get panels of different widths)
+# ---------------------------------------------------------------------------------------------
+
+# Per-image MACs as a share of full: saved 0.0%, 6.3%, 24.0%, 99.95% (prints 100.0%), 100.0% and -0.5%.
+_USED_SHARES = (1.0, 0.937, 0.76, 0.0005, 0.0, 1.005)
+
+
+def _mixed_savings_record(steps: int) -> ComputeRecord:
+    macs_full = 2000 * steps
+    per_step = [int(round(share * 2000)) for share in _USED_SHARES]
+    mask = np.ones((len(_USED_SHARES), G, G), dtype=bool)
+    recs = [StepRecord(i, 999 - i % 1000, 1.0 if i % 2 else 0.5, True, mask, np.array(per_step))
+            for i in range(steps)]
+    return ComputeRecord.build(32, 4, recs, macs_full, None, "adaptive")
+
+
+@pytest.fixture(scope="module", params=[1, 20, 1000], ids=lambda n: f"{n}steps")
+def mixed_record(request):
+    return _mixed_savings_record(request.param)
+
+
+@pytest.mark.parametrize("size", [32, 57, 100, 256, 1024])
+@pytest.mark.parametrize("mode", ["share", "exit", "width"])
+def test_heatmaps_of_a_batch_share_one_shape(mixed_record, mode, size):
+    footers = [f"{100 * s:.1f}%" for s in mixed_record.saved_fraction_per_image]
+    assert footers == ["0.0%", "6.3%", "24.0%", "100.0%", "100.0%", "-0.5%"]
+    images = render_heatmap(mixed_record, mode=mode, size=size)
+    assert len({im.size for im in images}) == 1, [im.size for im in images]
+    arr = heatmap_array(mixed_record, mode=mode, size=size)            # np.stack used to raise here
+    assert arr.shape == (mixed_record.batch, images[0].height, images[0].width, 3)
+
+
+@pytest.mark.parametrize("mode", ["share", "exit", "width"])
+def test_panel_width_does_not_depend_on_the_saved_figure(mode):
+    """Two records that differ only in MACs render to the same size, so a batch of one image never
+    changes shape with its seed either."""
+    rec = _mixed_savings_record(20)
+    sizes = {render_heatmap(ComputeRecord.build(32, 4, [
+        StepRecord(s.index, s.timestep, s.width, s.dense, s.mask[b:b + 1], s.macs[b:b + 1]) for s in rec.steps],
+        rec.macs_full, None, "adaptive"), mode=mode)[0].size for b in range(rec.batch)}
+    assert len(sizes) == 1, sizes
+
+
+def test_cli_heatmap_is_equal_panels_side_by_side():
+    """The CLI's --heatmap PNG is the batch's heatmaps side by side: equal panels, no ragged edge."""
+    from nitrogen_core.__main__ import _hstack
+
+    rec = _mixed_savings_record(20)
+    panels = render_heatmap(rec, mode="share", image=np.zeros((rec.batch, 32, 32, 3), np.uint8))
+    sheet = _hstack(panels)
+    assert sheet.size == (rec.batch * panels[0].width, panels[0].height)
