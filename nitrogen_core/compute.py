@@ -63,7 +63,7 @@ class StepRecord:
     index: int                               # 0-based sampling step
     timestep: int                            # diffusion timestep t of this step (>= 0)
     width: float                             # U-Net width used, in (0, 1]
-    dense: bool                              # True for a dense (warm-up/refresh/full) step
+    dense: np.ndarray                        # bool (B,): images computed whole by a dense forward (a bool: all or none)
     mask: np.ndarray = field(repr=False)     # bool (B, Hp, Wp): patches whose eps was recomputed
     macs: np.ndarray                         # int64 (B,): MACs executed this step per image, gate included
 
@@ -74,8 +74,6 @@ class StepRecord:
         if isinstance(self.width, (bool, np.bool_)) or not isinstance(self.width, _REAL) \
                 or not 0.0 < float(self.width) <= 1.0:
             raise NitroGenInputError(f"{where}: width={self.width!r} must be a number in (0, 1]")
-        if not isinstance(self.dense, (bool, np.bool_)):
-            raise NitroGenInputError(f"{where}: dense={self.dense!r} must be a bool")
 
         mask = _to_numpy(self.mask)
         if mask.ndim != 3 or 0 in mask.shape:
@@ -92,11 +90,16 @@ class StepRecord:
         if macs.dtype.kind not in "iu" or (macs < 0).any():
             raise NitroGenInputError(f"{where}: macs {macs.tolist()} must be non-negative integers")
 
+        dense = _to_numpy(self.dense)
+        if dense.dtype != np.bool_ or dense.shape not in ((), (mask.shape[0],)):
+            raise NitroGenInputError(f"{where}: dense={self.dense!r} must be a bool or a bool array of "
+                                     f"shape [B]=({mask.shape[0]},)")
+
         # Frozen dataclass: normalised values go in through object.__setattr__, once, here.
         object.__setattr__(self, "index", index)
         object.__setattr__(self, "timestep", timestep)
         object.__setattr__(self, "width", float(self.width))
-        object.__setattr__(self, "dense", bool(self.dense))
+        object.__setattr__(self, "dense", _frozen(np.broadcast_to(dense, (mask.shape[0],)).copy()))
         object.__setattr__(self, "mask", _frozen(mask))
         object.__setattr__(self, "macs", _frozen(macs.astype(np.int64)))
 
@@ -233,7 +236,7 @@ class ComputeRecord:
             "active_fraction": float(np.mean([s.active_fraction for s in self.steps])),
             "exited_fraction": float((self.exited_at >= 0).mean()),
             "per_step": [
-                {"index": s.index, "timestep": s.timestep, "width": s.width, "dense": s.dense,
+                {"index": s.index, "timestep": s.timestep, "width": s.width, "dense_fraction": float(s.dense.mean()),
                  "active_fraction": s.active_fraction, "macs_mean": float(s.macs.mean())}
                 for s in self.steps
             ],
@@ -544,8 +547,10 @@ def summary_text(record: ComputeRecord) -> str:
     if record.batch > 1:
         per_image = 100 * record.saved_fraction_per_image
         lines.append(f"saved per image: {per_image.min():.1f}% .. {per_image.max():.1f}%")
-    dense = sum(s.dense for s in record.steps)
-    lines.append(f"active patches: {100 * d['active_fraction']:.1f}% per step on average, {dense} dense step(s), "
+    dense = np.sum([s.dense for s in record.steps], axis=0)                    # (B,) dense steps per image
+    dense_text = f"{dense.min()}" if dense.min() == dense.max() else f"{dense.min()}..{dense.max()}"
+    lines.append(f"active patches: {100 * d['active_fraction']:.1f}% per step on average, "
+                 f"{dense_text} dense step(s) per image, "
                  f"{100 * d['exited_fraction']:.1f}% of patches exited")
     lines.append(f"widths by step: {_run_lengths(record.widths)}")
     return "\n".join(lines)

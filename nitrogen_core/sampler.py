@@ -3,15 +3,18 @@
 `full` runs every step densely at `settings.width` (1.0 unless a benchmark asks for the slim
 baseline). `cache` skips whole steps per image (see _sample_step_cache): a baseline.
 
-Adaptive mode, per step (DESIGN §1.3):
+Adaptive mode, per step (DESIGN §1.3). Every decision is per image, from the image's own state:
+an image's output is a function of its own noise, label and settings, never of its batch-mates
+(the batch is an execution detail; tests compare one batch with smaller ones and singles).
 - Dense steps: the first `warmup` steps, every `refresh_every` steps after them, and whenever
-  the scheduled width changes (the activation cache belongs to one width).
+  the scheduled width changes (the activation cache belongs to one width). A width change is a
+  dense pass for every image, so its MACs are reserved from each image's budget from the start.
 - Whole images first: after warm-up, an image sits a step out (no gate call, no compute, its
   cached eps reused everywhere) while step caching's rule (ImageDrift: its measured eps drift
   rate x staleness x step weight, summed over the run) predicts an image change below
   image_skip * tau, at most max_skips steps in a row. Such an image costs nothing that step.
   On the benchmark (108 images) this lifted PSNR to full by ~7 dB at 0.45 of the MACs and cost
-  1.8 dB at 0.58. Not across a width change (one dense pass).
+  1.8 dB at 0.58. Not across a width change.
 - Other steps ask the gate for each patch's predicted residual r = ||eps_fresh - eps_cached||.
   The threshold tau is in image units: reusing the cached eps at step i moves the final image
   by about r * step_weight[i] (see image_weights), which is ~25x larger early than late.
@@ -19,21 +22,22 @@ Adaptive mode, per step (DESIGN §1.3):
   A patch skipped `max_skips` times in a row is recomputed anyway.
 - Exit: a block is retired, skipped by every later sparse step whatever max_skips says, once
   reusing its cached eps for every remaining step is predicted to move the image by less than
-  tau (r * sigma_t/alpha_t < tau) for `exit_patience` gate calls in a row. A later dense step
+  tau (r * sigma_t/alpha_t < tau) for `exit_patience` gate calls in a row. A later dense pass
   computes retired blocks anyway (its MACs are the same), so they take its fresh eps and come
   back; the next gate call retires them again if they are still settled. Keeping the stale eps
   there instead cost 12 dB of PSNR to full at tau 0.01 for no MACs saved. The record's
   exited_at is each patch's final retirement. Exits happen only within the last width segment.
-- A step that wants more than `dense_above` of the blocks runs as a dense step and refreshes
-  every block (while some images sit out, each image wanting that many gets all its blocks
-  through the executor instead): on the CPU torch executor a sparse step over ~40% of the
-  blocks is slower than a dense one, and sampling runs fastest at 0.25 (bench.adaptive_speed).
+- An image that is due a dense step, or wants more than `dense_above` of its blocks, is computed
+  whole by a dense forward (refreshing every block): on the CPU torch executor a sparse pass
+  over ~40% of the blocks is slower than a dense one, and sampling runs fastest at 0.25
+  (bench.adaptive_speed). The other images run sparse, at the cache's width, on their wanted
+  blocks; one executor call serves both kinds (sparse.UNetExecutor).
 - Patches are merged into `block_size` blocks for execution; every patch of a computed block
   gets its fresh eps, and the record's mask says exactly which patches were computed.
 - CFG: the conditional and unconditional halves share one mask; the gate sees the guided eps.
-- Budget: MACs per image never exceed budget * macs_full. A step that would overrun keeps only
-  the blocks that fit, highest predicted residual (or stalest) first; if nothing fits, the step
-  reuses every cached eps.
+- Budget: MACs per image never exceed budget * macs_full. An image that cannot afford a dense
+  pass runs sparse; a sparse step keeps only the blocks that fit, highest predicted residual (or
+  stalest) first; if nothing fits, the image reuses every cached eps.
 - Full compute means width 1.0, every patch, every step. `full` mode and threshold 0 both run
   exactly that (same ops, same order, identical results), whatever the width schedule says;
   the schedule applies to adaptive runs with a threshold above 0.
@@ -52,7 +56,7 @@ from .config import NitroGenConfig
 from .diffusion import Schedule, split_prediction
 from .errors import NitroGenInputError
 from .model import NitroGenModel
-from .sparse import ActivationCache, dense_forward, sparse_forward, step_costs
+from .sparse import UNetExecutor, dense_forward, step_costs
 
 MODES = ("full", "adaptive", "cache")
 MAX_BATCH = 64
@@ -200,14 +204,20 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     full_cost = step_costs(unet, 1.0).dense * halves
     macs_full = full_cost * settings.steps
     budget_macs = math.floor(settings.budget * macs_full)
-    first_cost = step_costs(unet, widths[0]).dense * halves
+    # A width change is a dense pass for every image (the activation cache holds one width), so its
+    # MACs are set aside from the start: reserved[i] is what the changes after step i will cost.
+    dense_cost = [step_costs(unet, w).dense * halves for w in widths]
+    changes = [i for i in range(1, settings.steps) if widths[i] != widths[i - 1]]
+    reserved = [sum(dense_cost[j] for j in changes if j > i) for i in range(settings.steps)]
     if not adaptive and settings.budget < 1.0:
         raise NitroGenInputError(f"budget={settings.budget} applies to adaptive mode; mode={settings.mode!r} "
                                  f"does not enforce one (use budget=1.0 or mode='adaptive')")
-    if budget_macs < first_cost:
+    least = dense_cost[0] + reserved[0]
+    if budget_macs < least:
+        what = "the first dense step's" if not changes else f"the dense steps at step 0 and at width changes {changes}:"
         raise NitroGenInputError(
-            f"budget={settings.budget} allows {budget_macs} MACs per image, below the first dense step's "
-            f"{first_cost}; use a budget >= {math.ceil(first_cost / macs_full * 1000) / 1000}")
+            f"budget={settings.budget} allows {budget_macs} MACs per image, below {what} {least}; "
+            f"use a budget >= {math.ceil(least / macs_full * 1000) / 1000}")
     gate_cost = gate.macs() if use_gate else 0
 
     if settings.mode == "cache":
@@ -216,11 +226,14 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     model_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else labels
     model_labels = model_labels.to(device)
 
+    def model_rows(per_image: torch.Tensor) -> torch.Tensor:
+        """(B, ...) per image -> (Bm, ...) per model sample: both CFG halves share the decision."""
+        return torch.cat([per_image, per_image]) if guided else per_image
+
     x = noise.to(device=device, dtype=torch.float32)                          # (B, C, H, W)
     eps_cached = torch.zeros_like(x)
     eps_delta = torch.zeros_like(x)
-    cache: ActivationCache | None = None
-    out_cached: torch.Tensor | None = None                                    # (Bm, C, H, W) model output
+    executor = UNetExecutor(unet, record=may_go_sparse)
     used = torch.zeros(B, dtype=torch.int64)
     skip_run = torch.zeros(B, nb, nb, dtype=torch.int64)                     # steps since last computed
     below_run = torch.zeros(B, nb, nb, dtype=torch.int64)                    # gate calls in a row below tau
@@ -232,6 +245,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     skip_images = use_gate and settings.image_skip > 0
     steps: list[StepRecord] = []
 
+    # Every decision below is taken per image, from that image's own state: an image's result is a
+    # function of its own noise, label and settings, never of the other images in the batch.
     for i, t in enumerate(timesteps):
         width = widths[i]
         alpha, sigma = schedule.alpha_sigma(t)
@@ -239,21 +254,21 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         t_batch = torch.full((B * halves,), float(t), device=device)
         step_macs = torch.zeros(B, dtype=torch.int64)
 
-        # -- decide which blocks to compute ---------------------------------------------
-        dense_due = (not adaptive or i < settings.warmup or cache is None or cache.width != width
+        # -- decide, per image, what to compute ---------------------------------------------
+        width_change = executor.width is not None and executor.width != width
+        dense_due = (not adaptive or i < settings.warmup or executor.width is None or width_change
                      or (settings.refresh_every > 0 and (i - settings.warmup) % settings.refresh_every == 0))
         priority = skip_run.float()                                           # stalest first when trimming
         # Whole images first (step caching's rule, on the image's measured drift): an image that
-        # sits the step out costs nothing, not even the gate.
-        # Not across a width change: that is one dense pass over the batch.
+        # sits the step out costs nothing, not even the gate. Not across a width change.
         sit_out = torch.zeros(B, dtype=torch.bool)
-        if skip_images and i >= settings.warmup and cache is not None and cache.width == width:
+        if skip_images and i >= settings.warmup and not width_change and executor.width is not None:
             sit_out = image_drift.skippable(i, step_weight[i], settings.image_skip * settings.threshold,
                                             settings.max_skips)
         if dense_due or not use_gate:
             want = ~exited & ~sit_out[:, None, None]
         else:
-            can_gate = ((budget_macs - used) >= gate_cost) & ~sit_out         # (B,) images that ask the gate
+            can_gate = ((budget_macs - reserved[i] - used) >= gate_cost) & ~sit_out   # (B,) images that ask the gate
             rows = can_gate.nonzero(as_tuple=True)[0]
             want = torch.zeros(B, nb, nb, dtype=torch.bool)
             if len(rows):
@@ -279,46 +294,35 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
                 want = gated & ~exited & (~below | (skip_run >= settings.max_skips))
                 priority = r_block + skip_run.float() * 1e-6                 # residual first, staleness breaks ties
 
-        # -- enforce the budget, per image ---------------------------------------------------
-        # A dense step (re)builds the cache at the scheduled width; anything less runs sparse
-        # at the cache's width. Either way no image may pass its budget.
-        # A sparse step over more than `dense_above` of the batch's blocks is slower than a dense
-        # one on this executor (bench.sparse_speed), so such a step runs dense instead and
-        # refreshes every block: faster, and fresher.
-        remaining = budget_macs - used - step_macs
-        dense_fits = bool((remaining >= step_costs(unet, width).dense * halves).all())
-        if sit_out.any():
-            # No batch-wide dense pass while some images sit out: an image due a dense step, or
-            # wanting more than dense_above of its blocks, gets all of them through the executor.
-            whole = ~sit_out & (dense_due | (want.flatten(1).float().mean(1) > settings.dense_above))
-            want = want | whole[:, None, None]
-            crowded = False
-        else:
-            crowded = float(want.float().mean()) > settings.dense_above
-        if dense_fits and (_all(want) or crowded):
-            blocks = torch.ones_like(exited)            # a dense pass computes retired blocks too
-            full_step = True
-        else:
-            width = cache.width                                               # sparse steps reuse the cache's width
-            blocks = _trim_to_budget(want, priority, remaining, step_costs(unet, width), halves)
-            full_step = _all(blocks)
+        # An image is computed whole (dense) when it is due a dense step, or wants every block, or
+        # wants more than `dense_above` of them: on the CPU executor a sparse pass over ~40% of the
+        # blocks is slower than a dense one, and a dense pass refreshes every block (retired ones
+        # too: its MACs are spent either way). Otherwise it runs sparse, at the cache's width, on
+        # the wanted blocks that fit its budget (highest predicted residual first).
+        # No image ever passes its budget: an image that cannot afford a dense pass runs sparse.
+        remaining = budget_macs - reserved[i] - used - step_macs                # (B,)
+        share = want.flatten(1).float().mean(1)                                  # (B,)
+        dense = ~sit_out & (dense_due | (share >= 1.0) | (share > settings.dense_above)) \
+            & (remaining >= dense_cost[i])
+        if width_change and not bool(dense.all()):
+            raise RuntimeError(f"internal error: images {(~dense).nonzero().flatten().tolist()} cannot afford "
+                               f"the dense pass at width change step {i} despite the reserve")
+        sparse_width = width if executor.width is None else executor.width
+        blocks = _trim_to_budget(want & ~dense[:, None, None], priority, remaining, step_costs(unet, sparse_width),
+                                 halves) | dense[:, None, None]
+        if not bool(dense.any()):
+            width = sparse_width                                             # sparse steps reuse the cache's width
 
-        # Computed retired blocks (a dense pass computes every block; its MACs are spent either
-        # way) take the fresh eps and come back to life; the gate may retire them again.
+        # A computed retired block takes the fresh eps and comes back to life; the gate may retire
+        # it again. Keeping its stale eps in a dense pass cost ~12 dB of PSNR to full at tau 0.01.
         exited_at[_blocks_to_patches(blocks & exited, per_block)] = -1
         exited &= ~blocks
 
         # -- run the network -----------------------------------------------------------------
         x_in = x.to(dtype)
         x_in = torch.cat([x_in, x_in]) if guided else x_in
-        if full_step:
-            out, cache, macs = dense_forward(unet, x_in, t_batch.to(dtype), model_labels, width, record=may_go_sparse)
-        elif blocks.any():
-            model_blocks = torch.cat([blocks, blocks]) if guided else blocks
-            out, macs = sparse_forward(unet, x_in, t_batch.to(dtype), model_labels, cache, model_blocks.to(device))
-        else:
-            out, macs = out_cached, torch.zeros(B * halves, dtype=torch.int64)
-        out_cached = out
+        out, macs = executor.step(x_in, t_batch.to(dtype), model_labels, width,
+                                  model_rows(dense).to(device), model_rows(blocks).to(device))
         macs = macs.view(halves, B).sum(0) if guided else macs
         step_macs += macs
         used += step_macs
@@ -336,7 +340,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
                                _rms_change(eps_cached, eps_before))
         skip_run = torch.where(blocks, torch.zeros_like(skip_run), skip_run + 1)
 
-        steps.append(StepRecord(index=i, timestep=t, width=width, dense=full_step,
+        steps.append(StepRecord(index=i, timestep=t, width=width, dense=dense.clone(),
                                 mask=_blocks_to_patches(blocks, per_block), macs=step_macs.clone()))
         if callback is not None:
             callback(i, settings.steps, x0)
@@ -410,7 +414,7 @@ def _sample_step_cache(model: NitroGenModel, noise: torch.Tensor, labels: torch.
         x, eps_cached, x0 = _ddim_step(x, eps_cached, fresh_eps, fresh_x0, computed,
                                        alpha, sigma, alpha_prev, sigma_prev)
         drift.update(i, step_weight[i], skip, ~skip, _rms_change(eps_cached, eps_before))
-        steps.append(StepRecord(index=i, timestep=t, width=width, dense=bool((~skip).all()),
+        steps.append(StepRecord(index=i, timestep=t, width=width, dense=(~skip).clone(),
                                 mask=(~skip)[:, None, None].expand(B, grid, grid).clone(),
                                 macs=torch.where(skip, 0, step_cost)))
         if callback is not None:
@@ -469,10 +473,6 @@ def image_weights(schedule: Schedule, timesteps: list[int]) -> tuple[list[float]
         ratios.append(float(sigma / alpha))
     step_weight = [ratios[i] - ratios[i + 1] for i in range(len(timesteps))]
     return step_weight, ratios[:-1]
-
-
-def _all(mask: torch.Tensor) -> bool:
-    return bool(mask.all())
 
 
 def _trim_to_budget(want: torch.Tensor, priority: torch.Tensor, remaining: torch.Tensor, costs, halves: int

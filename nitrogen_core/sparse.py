@@ -64,6 +64,19 @@ class Padded:
         s1.index_add_(0, img, (new.sum((2, 3)) - old.sum((2, 3))).double())
         s2.index_add_(0, img, (new.square().sum((2, 3)) - old.square().sum((2, 3))).double())
 
+    def write_rows(self, rows: torch.Tensor, y: torch.Tensor) -> None:
+        """Replace samples `rows` (n,) with y (n, C, H, W); their channel sums, if kept, are redone."""
+        self.buf[rows, BORDER:-BORDER, BORDER:-BORDER, :] = y.permute(0, 2, 3, 1)
+        if self.sums is not None:
+            flat = self.buf[rows].flatten(1, 2)                                   # (n, (H+2)(W+2), C)
+            self.sums[0][rows] = flat.sum(1, dtype=torch.float64)
+            self.sums[1][rows] = flat.square().sum(1, dtype=torch.float64)
+
+    @property
+    def nbytes(self) -> int:
+        sums = 0 if self.sums is None else sum(s.numel() * s.element_size() for s in self.sums)
+        return self.buf.numel() * self.buf.element_size() + sums
+
     @classmethod
     def wrap(cls, x: torch.Tensor) -> "Padded":
         """From an NCHW tensor (B, C, H, W); one copy, cheap when x is already channels-last."""
@@ -96,16 +109,38 @@ class ActivationCache:
         """An independent copy (sparse steps update a cache in place)."""
         return ActivationCache(self.width, [Padded(p.buf.clone()) for p in self.outputs])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: every op's bordered output, plus the GroupNorm channel sums kept so far."""
+        return sum(p.nbytes for p in self.outputs)
+
 
 def dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
                   record: bool = True) -> tuple[torch.Tensor, ActivationCache | None, torch.Tensor]:
     """Full forward that also fills the activation cache (unless `record` is False, which saves
-    the ~20% cost of copying every activation). Returns (out, cache or None, MACs per sample)."""
-    ops = DenseOps(x.shape[0], record=record)
+    the ~20% cost of copying every activation). Returns (out, cache or None, MACs per sample).
+
+    Each op's output is copied into the cache as the op finishes, so the forward never holds
+    every raw output and every cached copy at once."""
+    outputs: list[Padded] = []
+    ops = DenseOps(x.shape[0], keep=(lambda k, y: outputs.append(Padded.wrap(y))) if record else None)
     with torch.no_grad():
         out = unet(x, t, labels, width, ops)
-    cache = ActivationCache(width, [Padded.wrap(y) for y in ops.outputs]) if record else None
-    return out, cache, ops.counter.per_sample
+    return out, (ActivationCache(width, outputs) if record else None), ops.counter.per_sample
+
+
+def dense_forward_rows(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                       cache: ActivationCache, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A full forward of some samples at the cache's width, written into their rows of the cache.
+
+    x (n, C, H, W), t (n,), labels (n,) are the samples `rows` (n,) of the cache's batch.
+    Returns (out (n, C, H, W), MACs per sample (n,))."""
+    ops = DenseOps(x.shape[0], keep=lambda k, y: cache.outputs[k].write_rows(rows, y))
+    with torch.no_grad():
+        out = unet(x, t, labels, cache.width, ops)
+    if ops.ops_run != len(cache.outputs):
+        raise RuntimeError(f"dense rows visited {ops.ops_run} ops but the cache holds {len(cache.outputs)}")
+    return out, ops.counter.per_sample
 
 
 def group_affine(norm: SlimGroupNorm, inputs: Sequence[Padded], width: float
@@ -285,6 +320,63 @@ def masked_dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: t
     with torch.no_grad():
         out = unet(x, t, labels, cache.width, ops)
     return out.interior.clone()
+
+
+class UNetExecutor:
+    """The U-Net's side of the adaptive sampler: it runs what the policy (sampler.py) chose, per
+    sample of the model batch, against one activation cache, and keeps the last model output.
+
+    A step computes some samples whole (a dense forward, written into their rows of the cache; when
+    every sample is dense the cache is rebuilt, at the step's width) and recomputes the active
+    blocks of others (a sparse forward at the cache's width). Every sample's result depends on
+    its own inputs and cache rows only, never on which other samples share the batch.
+    """
+
+    def __init__(self, unet: UNet, record: bool):
+        self.unet, self.record = unet, record       # record=False: never sparse, keep no cache
+        self.cache: ActivationCache | None = None
+        self.out: torch.Tensor | None = None        # (Bm, C, H, W) the last model output
+
+    @property
+    def width(self) -> float | None:
+        """The width every cached activation was computed at (sparse steps run at it)."""
+        return None if self.cache is None else self.cache.width
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the executor holds between steps: the activation cache and the last output."""
+        out = 0 if self.out is None else self.out.numel() * self.out.element_size()
+        return out + (0 if self.cache is None else self.cache.nbytes)
+
+    def costs(self, width: float) -> "StepCosts":
+        return step_costs(self.unet, width)
+
+    def step(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
+             dense_rows: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (Bm, C, H, W), t (Bm,), labels (Bm,); dense_rows (Bm,) bool: samples computed whole at
+        `width`; blocks (Bm, nb, nb) bool: active blocks of the other samples. Returns (out
+        (Bm, C, H, W), fresh where computed and the last output elsewhere; MACs per sample (Bm,))."""
+        if bool(dense_rows.all()):
+            self.cache = None                       # freed before the new one is built: one cache at a time
+            self.out, self.cache, macs = dense_forward(self.unet, x, t, labels, width, record=self.record)
+            return self.out, macs
+        if self.cache is None or self.out is None:
+            raise RuntimeError("internal error: a partial step needs the cache of an earlier dense step")
+        if bool(dense_rows.any()) and width != self.cache.width:
+            raise RuntimeError(f"internal error: dense rows at width {width} into a cache at width {self.cache.width}")
+        out, macs = self.out.clone(), torch.zeros(x.shape[0], dtype=torch.int64)
+        rows = dense_rows.nonzero(as_tuple=True)[0]                               # (n,)
+        if len(rows):
+            out[rows], macs[rows.cpu()] = dense_forward_rows(self.unet, x[rows], t[rows], labels[rows],
+                                                             self.cache, rows)
+        sparse_blocks = blocks & ~dense_rows[:, None, None]
+        if bool(sparse_blocks.any()):
+            fresh, sparse_macs = sparse_forward(self.unet, x, t, labels, self.cache, sparse_blocks)
+            computed = sparse_blocks.flatten(1).any(1)                            # (Bm,)
+            out[computed] = fresh[computed]
+            macs += sparse_macs
+        self.out = out
+        return out, macs
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nitrogen_core import sampler as sampler_module
+from nitrogen_core import sparse as sparse_module
 from nitrogen_core.bench.bound import OracleGate, variant
 from nitrogen_core.checkpoint import save_checkpoint
 from nitrogen_core.config import preset
@@ -102,15 +102,15 @@ def test_oracle_with_a_tiny_threshold_follows_full_compute(model):
 
 
 def test_variants_restore_the_gate_and_executor_even_on_error(model):
-    trained, executor = model.gate, sampler_module.sparse_forward
+    trained, executor = model.gate, sparse_module.sparse_forward
     with pytest.raises(ValueError):
         with variant(model, "oracle + exact", torch.tensor([0]), CFG_SCALE):
-            assert isinstance(model.gate, OracleGate) and sampler_module.sparse_forward is not executor
+            assert isinstance(model.gate, OracleGate) and sparse_module.sparse_forward is not executor
             raise ValueError("boom")
-    assert model.gate is trained and sampler_module.sparse_forward is executor
+    assert model.gate is trained and sparse_module.sparse_forward is executor
     with variant(model, "gate + exact", torch.tensor([0]), CFG_SCALE):      # executor only
-        assert model.gate is trained and sampler_module.sparse_forward is not executor
-    assert sampler_module.sparse_forward is executor
+        assert model.gate is trained and sparse_module.sparse_forward is not executor
+    assert sparse_module.sparse_forward is executor
 
 
 @pytest.fixture(scope="module")

@@ -128,9 +128,9 @@ def test_to_dict_is_json_safe_and_correct(record):
     assert d["saved_fraction"] == pytest.approx(0.6125)
     assert d["macs_used_per_image"] == [180, 130]
     step1 = d["per_step"][1]
-    assert step1 == {"index": 1, "timestep": 749, "width": 1.0, "dense": False,
+    assert step1 == {"index": 1, "timestep": 749, "width": 1.0, "dense_fraction": 0.0,
                      "active_fraction": pytest.approx((16 + 8) / 128), "macs_mean": 30.0}
-    assert [s["dense"] for s in d["per_step"]] == [True, False, False, False]
+    assert [s["dense_fraction"] for s in d["per_step"]] == [1.0, 0.0, 0.0, 0.0]
     assert [s["width"] for s in d["per_step"]] == WIDTHS
     assert d["exited_fraction"] == pytest.approx((128 - 16 - 1) / 128)
 
@@ -456,7 +456,7 @@ def test_panel_width_does_not_depend_on_the_saved_figure(mode):
     changes shape with its seed either."""
     rec = _mixed_savings_record(20)
     sizes = {render_heatmap(ComputeRecord.build(32, 4, [
-        StepRecord(s.index, s.timestep, s.width, s.dense, s.mask[b:b + 1], s.macs[b:b + 1]) for s in rec.steps],
+        StepRecord(s.index, s.timestep, s.width, s.dense[b:b + 1], s.mask[b:b + 1], s.macs[b:b + 1]) for s in rec.steps],
         rec.macs_full, None, "adaptive"), mode=mode)[0].size for b in range(rec.batch)}
     assert len(sizes) == 1, sizes
 

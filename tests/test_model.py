@@ -24,9 +24,11 @@ def inputs(cfg):
 
 
 def run(unet, x, t, labels, width, record=False):
-    ops = DenseOps(x.shape[0], record=record)
+    outputs = []
+    ops = DenseOps(x.shape[0], keep=(lambda k, y: outputs.append(y)) if record else None)
     with torch.no_grad():
         out = unet(x, t, labels, width, ops)
+    ops.outputs = outputs
     return out, ops
 
 

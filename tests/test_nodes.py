@@ -220,7 +220,7 @@ def test_threshold_zero_is_full_compute_and_same_seed_is_deterministic(pack, com
     full_b, _ = sampler.generate(handle, **{**SMALL, "threshold": 0.0})
     assert torch.equal(full_a, full_b)
     # full compute: width 1.0, every patch, every step
-    assert all(s.dense and s.mask.all() for s in rec_full.steps)
+    assert all(s.dense.all() and s.mask.all() for s in rec_full.steps)
     assert set(rec_full.widths) == {1.0} and rec_full.macs_used == rec_full.macs_full
     # any threshold above 0 also runs the checkpoint's width schedule (0.5 then 1.0 for tiny)
     _, rec = sampler.generate(handle, **{**SMALL, "threshold": 1e-6})

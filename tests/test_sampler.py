@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import nitrogen_core.sampler as sampler_mod
+import nitrogen_core.sparse as sparse_mod
 from conftest import perturbed
 from nitrogen_core.config import preset
 from nitrogen_core.errors import NitroGenInputError
@@ -80,7 +81,7 @@ def test_threshold_zero_reproduces_full(model, noise, labels, guidance, schedule
     assert (full.images - zero.images).abs().max().item() <= 1e-5
     assert torch.equal(full.images, zero.images)               # designed to be exactly equal
     assert zero.record.widths == full.record.widths
-    assert masks(zero.record).all() and all(s.dense for s in zero.record.steps)
+    assert masks(zero.record).all() and all(s.dense.all() for s in zero.record.steps)
     assert np.array_equal(zero.record.macs_used_per_image, full.record.macs_used_per_image)
     assert full.images.shape == noise.shape and torch.isfinite(full.images).all()
     assert full.record.widths == (1.0,) * STEPS                 # full compute ignores the width schedule
@@ -91,7 +92,7 @@ def test_width_schedule_applies_to_gated_runs(model, noise, labels, image_skip):
     """A width change is one dense pass over the batch: no image may sit it out."""
     rec = sample(model, noise, labels, settings(cfg=2.0, image_skip=image_skip), width_schedule=(0.5, 1.0)).record
     assert rec.widths == (0.5,) * (STEPS // 2) + (1.0,) * (STEPS // 2)
-    assert rec.steps[STEPS // 2].dense and rec.steps[STEPS // 2].mask.all()
+    assert rec.steps[STEPS // 2].dense.all() and rec.steps[STEPS // 2].mask.all()
 
 
 # -- determinism ------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def test_full_mode_record(model, noise, labels, guidance):
     assert rec.macs_full == STEPS * step_costs(model.unet, 1.0).dense * halves
     assert (rec.macs_used_per_image == rec.macs_full).all()
     assert rec.mode == "full" and rec.batch == B and len(rec.steps) == STEPS
-    assert masks(rec).all() and all(s.dense for s in rec.steps)
+    assert masks(rec).all() and all(s.dense.all() for s in rec.steps)
     assert masks(rec).shape == (STEPS, B, 8, 8)                # tiny: 16 px / 2 px patches
     assert (rec.exited_at == -1).all()
     ts = [s.timestep for s in rec.steps]
@@ -185,11 +186,11 @@ def test_adaptive_record(model, noise, labels):
     assert rec.macs_full == 8 * dense
     # warm-up steps are dense, with every patch, and cost exactly a dense step
     for st in rec.steps[:3]:
-        assert st.dense and st.mask.all() and (st.macs == dense).all()
+        assert st.dense.all() and st.mask.all() and (st.macs == dense).all()
     # a mid threshold gives partial steps, and saves compute
     partial = [st for st in rec.steps if not st.mask.all()]
     assert partial and any(st.mask.any() for st in partial)
-    assert all(not st.dense for st in partial)
+    assert all(not st.dense.any() for st in partial)
     assert (rec.macs_used_per_image < rec.macs_full).all()
     # gate steps cost the gate plus the sparse step of their blocks (per_block charged per CFG half)
     costs = step_costs(model.unet, 1.0)
@@ -207,13 +208,14 @@ def test_adaptive_record(model, noise, labels):
 
 def test_cfg_halves_share_one_mask(model, noise, labels, monkeypatch):
     seen = []
-    real = sampler_mod.sparse_forward
+    real = sparse_mod.sparse_forward
+    step_costs(model.unet, 1.0)                  # memoised now, so the spy sees the sampler's calls only
 
     def spy(unet, x, t, lab, cache, block_mask):
         seen.append(block_mask.clone())
         return real(unet, x, t, lab, cache, block_mask)
 
-    monkeypatch.setattr(sampler_mod, "sparse_forward", spy)
+    monkeypatch.setattr(sparse_mod, "sparse_forward", spy)
     sample(model, noise, labels, settings(cfg=2.0, exit_patience=0, max_skips=1))
     assert seen
     for mask in seen:
@@ -273,7 +275,7 @@ def test_bad_settings(model, noise, labels, name, value):
 def test_warmup_longer_than_steps_is_all_dense(model, noise, labels):
     # warmup > steps is allowed (sampler.py: "all of them if steps <= warmup"): every step is dense
     rec = sample(model, noise, labels, settings(warmup=STEPS + 1, threshold=10.0)).record
-    assert all(s.dense for s in rec.steps) and masks(rec).all()
+    assert all(s.dense.all() for s in rec.steps) and masks(rec).all()
     assert (rec.macs_used_per_image == rec.macs_full).all()
 
 
@@ -312,7 +314,7 @@ def test_threshold_zero_with_budget_trims_without_gate(model, noise, labels):
     # No gate runs at threshold 0, so a budget below 1 is met by trimming the stalest blocks.
     rec = sample(model, noise, labels, settings(threshold=0.0, budget=0.5)).record
     assert (rec.macs_used_per_image <= math.floor(0.5 * rec.macs_full)).all()
-    assert any(not step.dense for step in rec.steps)
+    assert any(not step.dense.any() for step in rec.steps)
 
 
 class LeftHalfGate(ConstantGate):
@@ -335,14 +337,14 @@ def test_crowded_step_runs_dense(model, noise, labels, monkeypatch, dense_above,
     dense, gate = step_costs(model.unet, 1.0).dense, model.gate.macs()
     first, last = rec.steps[2], rec.steps[3]
     half = first.mask.shape[2] // 2
-    assert first.dense == expect_dense
+    assert (first.dense == expect_dense).all()
     if expect_dense:
         assert first.mask.all() and (first.macs == dense + gate).all()
     else:
         assert first.mask[:, :, :half].all() and not first.mask[:, :, half:].any()
         assert (first.macs < dense).all()
     # the last step can never afford a dense pass plus the gate within budget 1.0: it stays sparse
-    assert not last.dense and (rec.macs_used_per_image <= rec.macs_full).all()
+    assert not last.dense.any() and (rec.macs_used_per_image <= rec.macs_full).all()
 
 
 def test_dense_step_revives_retired_blocks(model, noise, labels, monkeypatch):
@@ -355,11 +357,11 @@ def test_dense_step_revives_retired_blocks(model, noise, labels, monkeypatch):
     dense, gate = step_costs(model.unet, 1.0).dense, model.gate.macs()
     # steps 2..4 want only the left half, which is crowded for dense_above 0: dense, every block computed
     for st in rec.steps[2:steps - 1]:
-        assert st.dense and st.mask.all() and (st.macs == dense + gate).all()
+        assert st.dense.all() and st.mask.all() and (st.macs == dense + gate).all()
     # the last step cannot afford a dense pass within budget 1.0: it runs sparse, and the right
     # half retires there for good
     last = rec.steps[-1]
-    assert not last.dense and last.mask[:, :, :half].all() and not last.mask[:, :, half:].any()
+    assert not last.dense.any() and last.mask[:, :, :half].all() and not last.mask[:, :, half:].any()
     assert (rec.exited_at[:, :, half:] == steps - 1).all() and (rec.exited_at[:, :, :half] == -1).all()
 
 
@@ -441,9 +443,8 @@ def test_images_sit_out_whole_steps_at_no_cost(model, noise, labels, monkeypatch
 
 
 def test_a_dense_step_with_images_sitting_out_computes_the_others_whole(model, noise, labels, monkeypatch):
-    """refresh_every=1 makes every step dense-due. Image 0 sits out the even steps: there is no
-    batch-wide dense pass then, image 1 gets all its blocks through the executor, image 0 none;
-    on the odd steps both run one dense pass."""
+    """refresh_every=1 makes every step dense-due. Image 0 sits out the even steps (no compute);
+    image 1 is computed whole by a dense forward every step, whatever image 0 does."""
     monkeypatch.setattr(sampler_mod.ImageDrift, "skippable",
                         lambda self, step, weight, tau, max_skips: torch.tensor([step % 2 == 0, False]))
     rec = sample(model, noise, labels, settings(steps=8, warmup=2, refresh_every=1, image_skip=1.0,
@@ -451,6 +452,110 @@ def test_a_dense_step_with_images_sitting_out_computes_the_others_whole(model, n
     for st in rec.steps[2:]:
         image0, image1 = st.mask.reshape(B, -1)
         if st.index % 2 == 0:
-            assert not st.dense and not image0.any() and image1.all() and st.macs[0] == 0
+            assert st.dense.tolist() == [False, True] and not image0.any() and image1.all() and st.macs[0] == 0
         else:
-            assert st.dense and st.mask.all()
+            assert st.dense.all() and st.mask.all()
+
+
+# -- batch invariance: an image's result depends on its own noise, label and settings only ---------
+
+def _per_image(record, b: int) -> dict:
+    """Everything the compute record says about image b."""
+    return {"mask": np.stack([s.mask[b] for s in record.steps]), "macs": [int(s.macs[b]) for s in record.steps],
+            "dense": [bool(s.dense[b]) for s in record.steps], "widths": record.widths,
+            "exited_at": record.exited_at[b]}
+
+
+class PatchNormGate(ConstantGate):
+    """Predicts each patch's RMS of x_t: differs between images and patches, deterministically, so
+    images in one batch get different decisions (the tiny model's own gate predicts ~0.6 everywhere)."""
+
+    def forward(self, x_t, t, eps_cached, eps_delta):
+        p = self.cfg.patch_size
+        return torch.nn.functional.avg_pool2d(x_t.float().square().mean(1, keepdim=True), p)[:, 0].sqrt()
+
+
+@pytest.mark.parametrize("mode, threshold, budget, schedule, image_skip, dense_above, varied", [
+    ("full", 0.0, 1.0, (1.0,), 0.0, 0.25, False),
+    ("cache", 0.03, 1.0, (1.0,), 0.0, 0.25, False),
+    ("adaptive", 0.0, 0.6, (1.0,), 0.0, 0.25, False),       # budget trims blocks
+    ("adaptive", 0.3, 1.0, (1.0,), 0.02, 0.1, True),        # some images want > dense_above, others fewer
+    ("adaptive", 0.4, 1.0, (0.5, 1.0), 0.02, 0.25, False),  # a width change
+    ("adaptive", 0.5, 0.55, (1.0,), 0.02, 0.1, True),       # budget and gate together
+    ("adaptive", 0.5, 1.0, (1.0,), 0.1, 0.25, False),       # whole images sit steps out
+])
+def test_images_do_not_depend_on_their_batch_mates(model, monkeypatch, mode, threshold, budget, schedule,
+                                                   image_skip, dense_above, varied):
+    """One batch of 6, two of 3 and six singles give the same images and the same compute record
+    per image. The rules that used to look at the whole batch are on: dense_above (a crowded
+    batch ran dense), whole-image sit-outs, exits, budgets that trim, width changes."""
+    n = 6
+    monkeypatch.setattr(model, "gate", PatchNormGate(model.gate, 0.0))
+    noise = make_noise(model.config, n, seed=11)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    st = SamplerSettings(steps=8, cfg=2.0, mode=mode, threshold=threshold, budget=budget, warmup=2,
+                         refresh_every=3, max_skips=2, exit_patience=1, dense_above=dense_above,
+                         image_skip=image_skip)
+    whole = sample(model, noise, labels, st, width_schedule=schedule)
+    for chunk in (3, 1):
+        parts = [sample(model, noise[s:s + chunk], labels[s:s + chunk], st, width_schedule=schedule)
+                 for s in range(0, n, chunk)]
+        images = torch.cat([p.images for p in parts])
+        # Float noise only: the same image in a different batch size may round differently (full
+        # mode shows it too), far above 100 dB PSNR.
+        mse = (images - whole.images).square().flatten(1).mean(1)
+        assert (mse <= 4 * 10 ** -10).all(), (chunk, mse.tolist())
+        for b in range(n):
+            got = _per_image(parts[b // chunk].record, b % chunk)
+            want = _per_image(whole.record, b)
+            for key in want:
+                assert np.array_equal(got[key], want[key]), (chunk, b, key)
+    if varied:                                  # not vacuous: images of one batch were decided differently
+        per_image = [tuple(_per_image(whole.record, b)["macs"]) for b in range(n)]
+        assert len(set(per_image)) > 1, per_image
+
+
+# -- memory: the activation cache is held once --------------------------------------------------
+
+def test_sampler_holds_one_activation_cache(model, monkeypatch):
+    """Counts the bytes of every live cached buffer (sparse.Padded) whenever one is created: the
+    peak over an adaptive run is one activation cache (plus the step input's bordered copy that a
+    sparse step makes), never an old and a new cache at once."""
+    import weakref
+
+    from nitrogen_core.sparse import Padded, UNetExecutor
+
+    live: list[weakref.ref] = []
+    peak = [0]
+    real_init = Padded.__init__
+
+    def counting_init(self, buf):
+        real_init(self, buf)
+        live.append(weakref.ref(buf))
+        peak[0] = max(peak[0], sum(b().numel() * b().element_size() for b in live if b() is not None))
+
+    executors = []
+    real_executor_init = UNetExecutor.__init__
+
+    def keep_executor(self, *args, **kwargs):
+        real_executor_init(self, *args, **kwargs)
+        executors.append(self)
+
+    n, cfg = 4, model.config
+    noise, labels = make_noise(cfg, n, seed=3), torch.tensor([0, 1, 2, 0])
+    step_costs(model.unet, 1.0)                                  # its own small caches are not the sampler's
+    monkeypatch.setattr(Padded, "__init__", counting_init)
+    monkeypatch.setattr(UNetExecutor, "__init__", keep_executor)
+    monkeypatch.setattr(model, "gate", LeftHalfGate(model.gate, 1.0))
+    # refresh every 2nd step: dense passes replace the cache while sparse steps update it in place
+    rec = sample(model, noise, labels, settings(steps=8, cfg=2.0, threshold=0.3, refresh_every=2,
+                                                exit_patience=0, max_skips=10)).record
+    assert any(not s.dense.any() and s.mask.any() for s in rec.steps)            # sparse steps ran
+    cache = executors[-1].cache
+    cache_bytes = sum(p.buf.numel() * p.buf.element_size() for p in cache.outputs)
+    input_copy = 2 * n * (cfg.image_size + 2) ** 2 * cfg.in_channels * 4           # (Bm, H+2, W+2, C) fp32
+    assert cache_bytes < peak[0] <= cache_bytes + input_copy, (peak[0], cache_bytes)
+    # what the README states: every op's output, bordered, per model sample, plus the channel sums
+    per_op = [p.buf.shape[1] * p.buf.shape[2] * p.buf.shape[3] * 4 for p in cache.outputs]
+    assert cache_bytes == 2 * n * sum(per_op)
+    assert executors[-1].nbytes == cache.nbytes + executors[-1].out.numel() * 4

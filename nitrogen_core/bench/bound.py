@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import sampler as sampler_module
+from .. import sparse as sparse_module
 from ..checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
@@ -83,7 +84,7 @@ class OracleGate(nn.Module):
         return self.trained_gate_macs
 
 
-_shipped_sparse_forward = sampler_module.sparse_forward
+_shipped_sparse_forward = sparse_module.sparse_forward
 
 
 def _exact_sparse_forward(unet, x, t, labels, cache, block_mask):
@@ -106,7 +107,7 @@ def variant(model: NitroGenModel, name: str, labels: torch.Tensor, cfg_scale: fl
             model.gate = OracleGate(model, labels, cfg_scale)
             stack.callback(setattr, model, "gate", trained)
         if name.endswith("+ exact"):
-            stack.enter_context(mock.patch.object(sampler_module, "sparse_forward", _exact_sparse_forward))
+            stack.enter_context(mock.patch.object(sparse_module, "sparse_forward", _exact_sparse_forward))
         yield
 
 

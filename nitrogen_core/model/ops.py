@@ -106,16 +106,20 @@ def dense_attention(block, x: torch.Tensor, width: float) -> tuple[torch.Tensor,
 
 
 class DenseOps(Ops):
-    """Runs every op on the full tensor. With `record=True` it keeps every op's output, in call
-    order, so that a sparse step can later update them in place (the activation cache)."""
+    """Runs every op on the full tensor. `keep(k, y)`, if given, is called with every op's index
+    (in call order) and output, so that a sparse step can later update them in place (the
+    activation cache); it is called as each op finishes, so the cache can copy the output while
+    the forward goes on, instead of the forward holding every output until it ends."""
 
-    def __init__(self, batch: int, record: bool = False):
+    def __init__(self, batch: int, keep=None):
         self.counter = MacCounter(batch)
-        self.outputs: list[torch.Tensor] | None = [] if record else None
+        self.keep = keep
+        self.ops_run = 0
 
     def _keep(self, y: torch.Tensor) -> torch.Tensor:
-        if self.outputs is not None:
-            self.outputs.append(y)
+        if self.keep is not None:
+            self.keep(self.ops_run, y)
+        self.ops_run += 1
         return y
 
     def conv(self, layer, inputs, width, *, norm=None, bias=None, residual=None, residual_conv=None, upsample=False):
