@@ -533,7 +533,8 @@ def find_image(source: EmojiSource, archive: Archive, entry: Mapping, names: Map
         elif names is not None and key in names:
             for slug in slug_variants(slugify(names[key])):
                 if slug in archive.images:
-                    where = f"{source.member}#{slug}" if source.kind == "iconify" else f"{source.member}{slug}{source.ext}"
+                    where = f"{source.member}#{slug}" if source.kind == "iconify" else \
+                        f"{source.member}{slug}{source.ext}"
                     return where, archive.images[slug]
     return None
 
