@@ -623,8 +623,8 @@ def _manifest(kept, dropped, groups, rules, styles, image_size, preset_name, key
                       "fraction": HELDOUT_FRACTION, "salt": SPLIT_SALT,
                       "rule": "per class: groups drawn in order of sha256('<salt>:<first unified id>') until "
                               "round(fraction * emoji) are held out (at least 1, never all)",
-                      "groups": f"emoji linked by an exact duplicate or by two images within {NEAR_DUPLICATE_DB} "
-                                f"dB PSNR (any styles) share a split"},
+                      "groups": f"emoji linked by an exact duplicate or by two images at {NEAR_DUPLICATE_DB} "
+                                f"dB PSNR or closer (any styles) share a split"},
         },
         "counts": counts,
         "total": sum(len(v) for v in kept.values()),
