@@ -83,6 +83,13 @@ if [ "$WANT_TEST" = 1 ]; then
         say "installing pytest"
         pip_install "pytest>=7"
     fi
+    # resvg-py rasterises the SVG emoji styles of `data emoji`; without it those data tests skip.
+    if ! "$PYTHON" -c 'import resvg_py' >/dev/null 2>&1; then
+        say "installing resvg-py (optional; for the SVG emoji-style data tests)"
+        if ! "$PYTHON" -m pip install --quiet "resvg-py==0.5.0"; then
+            say "warning: resvg-py did not install; the SVG data tests will be skipped."
+        fi
+    fi
     # triton is optional: the kernel tests run it in interpreter mode on the CPU
     # and skip themselves when it is absent, so a failed install is not fatal.
     if ! "$PYTHON" -c 'import triton' >/dev/null 2>&1; then
