@@ -198,26 +198,17 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         widths = [1.0] * settings.steps                                    # full compute is width 1.0
     else:
         widths = [settings.width] * settings.steps                         # full / cache modes: one width
-    last_segment_start = max(i for i in range(settings.steps) if i == 0 or widths[i] != widths[i - 1])
+    if not adaptive and settings.budget < 1.0:
+        raise NitroGenInputError(f"budget={settings.budget} applies to adaptive mode; mode={settings.mode!r} "
+                                 f"does not enforce one (use budget=1.0 or mode='adaptive')")
 
     # MAC accounting: full compute is the width-1.0 dense forward every step, both CFG halves.
     full_cost = step_costs(unet, 1.0).dense * halves
     macs_full = full_cost * settings.steps
     budget_macs = math.floor(settings.budget * macs_full)
-    # A width change is a dense pass for every image (the activation cache holds one width), so its
-    # MACs are set aside from the start: reserved[i] is what the changes after step i will cost.
-    dense_cost = [step_costs(unet, w).dense * halves for w in widths]
-    changes = [i for i in range(1, settings.steps) if widths[i] != widths[i - 1]]
-    reserved = [sum(dense_cost[j] for j in changes if j > i) for i in range(settings.steps)]
-    if not adaptive and settings.budget < 1.0:
-        raise NitroGenInputError(f"budget={settings.budget} applies to adaptive mode; mode={settings.mode!r} "
-                                 f"does not enforce one (use budget=1.0 or mode='adaptive')")
-    least = dense_cost[0] + reserved[0]
-    if budget_macs < least:
-        what = "the first dense step's" if not changes else f"the dense steps at step 0 and at width changes {changes}:"
-        raise NitroGenInputError(
-            f"budget={settings.budget} allows {budget_macs} MACs per image, below {what} {least}; "
-            f"use a budget >= {math.ceil(least / macs_full * 1000) / 1000}")
+    widths, dense_cost, reserved = _fit_widths_to_budget(widths, budget_macs, unet, halves, settings.budget,
+                                                         macs_full)
+    last_segment_start = max(i for i in range(settings.steps) if i == 0 or widths[i] != widths[i - 1])
     gate_cost = gate.macs() if use_gate else 0
 
     if settings.mode == "cache":
@@ -349,6 +340,35 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         raise RuntimeError(f"internal error: MACs per image {used.tolist()} exceeded the budget {budget_macs}")
     record = ComputeRecord.build(cfg.image_size, cfg.patch_size, steps, macs_full, exited_at, settings.mode)
     return SampleResult(images=x.clamp(-1, 1), record=record)
+
+
+def _fit_widths_to_budget(widths: list[float], budget_macs: int, unet, halves: int, budget: float, macs_full: int
+                          ) -> tuple[list[float], list[int], list[int]]:
+    """The per-step widths a budget can run, their dense cost per image, and the MACs reserved after
+    each step for the dense passes at later width changes.
+
+    Step 0 and every width change are dense passes for every image (the activation cache holds one
+    width), so a budget must cover them up front. One that cannot at the scheduled widths runs
+    them narrower: every width is capped at the widest the model offers that fits (the slimmable
+    U-Net's cheapest step, width 0.25, costs ~6% of a full-width one). Below even that: an error
+    naming the least budget that works."""
+    def plan(cap: float) -> tuple[list[float], list[int], list[int]]:
+        capped = [min(w, cap) for w in widths]
+        cost = [step_costs(unet, w).dense * halves for w in capped]
+        changes = [i for i in range(1, len(capped)) if capped[i] != capped[i - 1]]
+        reserved = [sum(cost[j] for j in changes if j > i) for i in range(len(capped))]
+        return capped, cost, reserved
+
+    caps = sorted({w for w in unet.cfg.widths if w <= max(widths)}, reverse=True)
+    for cap in caps:
+        capped, cost, reserved = plan(cap)
+        if cost[0] + reserved[0] <= budget_macs:
+            return capped, cost, reserved
+    least = cost[0] + reserved[0]
+    raise NitroGenInputError(
+        f"budget={budget} allows {budget_macs} MACs per image, below the cheapest first step "
+        f"(width {caps[-1]}: {least} MACs, {least / macs_full:.4f} of full compute at {len(widths)} steps); "
+        f"use a budget >= {math.ceil(least / macs_full * 1000) / 1000} or more steps")
 
 
 def _guide(out: torch.Tensor, cfg_scale: float) -> torch.Tensor:

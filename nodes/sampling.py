@@ -20,6 +20,9 @@ DEFAULTS = SamplerSettings()                   # widget defaults are static: the
 # Set by the widgets; everything else (warm-up, refresh, skip cap, exit patience) comes from the
 # checkpoint's recommended sampler settings, since those guards are calibrated with the model.
 WIDGET_FIELDS = ("steps", "cfg", "threshold", "budget")
+# The least budget offered: the bundled model's cheapest step (width 0.25) is 0.064 of a full-width
+# one, so at the default 20 steps budgets down to 0.0032 run (tests/test_nodes.py checks this one).
+BUDGET_MIN = 0.01
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> int:
@@ -128,9 +131,11 @@ class NitroGenAdaptiveSampler:
                                "compute (full width, every patch, every step). Above 0 the checkpoint's per-step "
                                "width schedule applies too."}),
                 "budget": ("FLOAT", {
-                    "default": DEFAULTS.budget, "min": 0.01, "max": 1.0, "step": 0.01,
+                    "default": DEFAULTS.budget, "min": BUDGET_MIN, "max": 1.0, "step": 0.01,
                     "tooltip": "Most MACs allowed per image, as a fraction of full compute. Never exceeded, "
-                               "whatever the gate says."}),
+                               "whatever the gate says. Below one full-width step (1/steps) every step runs "
+                               "narrower (down to width 0.25, ~6% of a step's MACs); at 20 steps any budget "
+                               "here works, with fewer steps an error names the least one."}),
             }
         }
 

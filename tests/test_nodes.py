@@ -242,6 +242,25 @@ def test_budget_is_respected(pack, comfy):
     assert record.macs_used_per_image.max() <= 0.6 * record.macs_full
 
 
+def test_least_budget_offered_runs_on_the_bundled_checkpoint(pack, comfy, monkeypatch):
+    """The widget offers no budget that can only fail: its minimum runs at the default steps on the
+    bundled model (narrower, within budget)."""
+    bundled = REPO / "checkpoints" / "nitrogen-emoji32.safetensors"
+    if not bundled.is_file():
+        pytest.skip(f"{bundled} is not in this checkout")
+    loader = sub(pack, "nodes.loader")
+    monkeypatch.setattr(loader, "BUNDLED_CHECKPOINT", bundled)
+    handle = load_tiny(pack, ckpt_name=loader.BUNDLED_NAME)
+    _, sampler, _ = nodes(pack)
+    budget = sampler.INPUT_TYPES()["required"]["budget"][1]
+    steps = sampler.INPUT_TYPES()["required"]["steps"][1]["default"]
+    label = handle.checkpoint.labels[0]
+    _, record = sampler.generate(handle, **{**SMALL, "label": label, "batch_size": 1, "steps": steps,
+                                            "threshold": 0.003, "budget": budget["min"]})
+    assert record.macs_used_per_image.max() <= budget["min"] * record.macs_full
+    assert max(record.widths) < 1.0
+
+
 def test_interrupt_stops_within_one_step(pack, comfy):
     handle = load_tiny(pack)
     _, sampler, _ = nodes(pack)

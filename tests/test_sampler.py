@@ -148,11 +148,24 @@ def test_budget_below_one_is_refused_in_full_mode(model, noise, labels):
     assert "\n" not in str(info.value)
 
 
-def test_budget_below_one_dense_step(model, noise, labels):
-    # one dense step is 1/steps of full compute
-    with pytest.raises(NitroGenInputError, match="budget") as info:
-        sample(model, noise, labels, settings(steps=4, budget=0.2))
+def test_budget_below_one_full_width_step_runs_narrower(model, noise, labels):
+    """One full-width step is 1/steps of full compute; a budget below it runs every step at the
+    widest width whose dense step fits (the slimmable U-Net's cheaper first step), never over."""
+    widest_fitting = {w: step_costs(model.unet, w).dense / step_costs(model.unet, 1.0).dense for w in (0.5, 0.75)}
+    budget = 0.2                                                  # 4 steps: one full-width step is 0.25
+    rec = sample(model, noise, labels, settings(steps=4, budget=budget, threshold=0.0)).record
+    cap = max(w for w, share in widest_fitting.items() if share / 4 <= budget)
+    assert set(rec.widths) == {cap}
+    assert (rec.macs_used_per_image <= math.floor(budget * rec.macs_full)).all()
+    assert rec.steps[0].dense.all() and rec.steps[0].mask.all()
+
+
+def test_budget_below_the_cheapest_step(model, noise, labels):
+    least = step_costs(model.unet, min(model.config.widths)).dense / step_costs(model.unet, 1.0).dense / 4
+    with pytest.raises(NitroGenInputError, match="budget=0.01 .*cheapest first step .*width 0.25") as info:
+        sample(model, noise, labels, settings(steps=4, budget=0.01))
     assert "\n" not in str(info.value)
+    assert f"use a budget >= {math.ceil(least * 1000) / 1000}" in str(info.value)
 
 
 def test_budget_below_one_dense_step_full_mode(model, noise, labels):
