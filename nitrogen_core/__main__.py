@@ -338,11 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("bench", help="evidence benchmark: adaptive vs full, fewer steps, step caching, slim "
-                                     "(subcommands: judge, kernels, bound)")
+                                     "(subcommands: judge, kernels, bound, tau)")
     from .bench.evaluate import add_arguments, cmd_bench
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
-    bench_sub = p.add_subparsers(dest="bench_command", metavar="{judge,kernels,bound}")
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="{judge,kernels,bound,tau}")
     pj = bench_sub.add_parser("judge", help="train the judge classifier behind the domain FID")
     from .bench.judge import add_judge_arguments, cmd_judge
     add_judge_arguments(pj)
@@ -352,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.bound import add_bound_arguments, cmd_bound
     add_bound_arguments(pb)
     pb.set_defaults(func=cmd_bound)
+    pt = bench_sub.add_parser("tau", help="choose the default threshold by the tail rule on >= 512 images")
+    from .bench.tau import add_tau_arguments, cmd_tau
+    add_tau_arguments(pt)
+    pt.set_defaults(func=cmd_tau)
     # Listed for --help; main() hands `bench kernels ...` to bench.sparse_speed with its own flags.
     bench_sub.add_parser("kernels", help="sparse vs dense U-Net forward speed (bench.sparse_speed; its own --help)")
 

@@ -19,7 +19,8 @@ from nitrogen_core.diffusion import Schedule
 from nitrogen_core.errors import NitroGenInputError
 from nitrogen_core.sampler import image_weights
 from nitrogen_core.train.common import Dist, batch_indices, learning_rate
-from nitrogen_core.train.student import (StudentSettings, choose_threshold, choose_width_schedule, gate_report, gate_trajectories,
+from nitrogen_core.bench.tau import TailRule, choose_threshold
+from nitrogen_core.train.student import (StudentSettings, choose_width_schedule, gate_report, gate_trajectories,
                                          sandwich_widths, train_student)
 from nitrogen_core.train.teacher import TeacherSettings, train_teacher
 
@@ -81,7 +82,7 @@ def test_rerun_with_other_settings_is_refused(tiny_data, teacher_run):
 def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
     s = StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data), out_dir=str(tmp_path),
                         steps=2, batch=4, warmup=1, sample_every=10_000, gate_trajectories=4, gate_steps=5,
-                        sample_steps=6)
+                        sample_steps=6, tau_images=6)
     result = train_student(s)
     ck = load_checkpoint(tmp_path / "student.safetensors")
     assert ck.kind == "student" and ck.labels == ("blue", "green", "red")
@@ -95,7 +96,7 @@ def test_student_refuses_a_student_as_teacher(tiny_data, teacher_run, tmp_path):
     student_run = tmp_path / "s"
     train_student(StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data),
                                   out_dir=str(student_run), steps=1, batch=4, warmup=1, sample_every=10_000,
-                                  gate_trajectories=2, gate_steps=2, sample_steps=4))
+                                  gate_trajectories=2, gate_steps=2, sample_steps=4, tau_images=3))
     with pytest.raises(NitroGenInputError, match="give the teacher"):
         train_student(StudentSettings(teacher=str(student_run / "student.safetensors"), data=str(tiny_data),
                                       out_dir=str(tmp_path / "s2")))
@@ -189,9 +190,10 @@ def test_torchrun_two_processes_keep_identical_weights(tiny_data, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "teacher.safetensors").train["batch"] == 4   # 2 ranks x 2
 
 
-def test_choose_threshold_keeps_worst_image_above_floor():
-    rows = [{"threshold": 0.0, "psnr_min": 60.0}, {"threshold": 0.01, "psnr_min": 35.0},
-            {"threshold": 0.05, "psnr_min": 31.0}, {"threshold": 0.1, "psnr_min": 33.0}]
-    assert choose_threshold(rows, 32.0) == 0.01      # 0.05 fails, so 0.1 is not trusted either
-    assert choose_threshold(rows, 30.0) == 0.1
-    assert choose_threshold(rows, 70.0) == 0.0
+def test_choose_threshold_by_the_tail_rule():
+    rows = [{"threshold": 0.0, "psnr_p1": 60.0, "psnr_min": 60.0}, {"threshold": 0.01, "psnr_p1": 35.0, "psnr_min": 26.0},
+            {"threshold": 0.05, "psnr_p1": 33.0, "psnr_min": 24.0}, {"threshold": 0.1, "psnr_p1": 33.0, "psnr_min": 28.0}]
+    assert choose_threshold(rows, TailRule(32.0, 25.0)) == 0.01      # 0.05's worst fails, so 0.1 is not trusted
+    assert choose_threshold(rows, TailRule(32.0, 20.0)) == 0.1
+    assert choose_threshold(rows, TailRule(34.0, 20.0)) == 0.01      # the 1st percentile decides
+    assert choose_threshold(rows, TailRule(70.0, 20.0)) == 0.0

@@ -190,7 +190,8 @@ class RunDir:
 # Settings a rerun may change: when to stop, log and save, and the student's post-training
 # calibration (rerunning a finished student with a new bound recalibrates without retraining).
 RESUMABLE_CHANGES = {"minutes", "stop_after", "sample_every", "save_every",
-                     "width_error_bound", "psnr_floor", "gate_trajectories", "gate_steps"}
+                     "width_error_bound", "tau_p1_psnr", "tau_worst_psnr", "tau_images", "gate_trajectories",
+                     "gate_steps"}
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:

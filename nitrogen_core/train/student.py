@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..bench.metrics import psnr
+from ..bench.tau import TailRule, choose_threshold, proportional_labels, threshold_sweep
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import NitroGenConfig
 from ..diffusion import Schedule, split_prediction
@@ -67,7 +67,9 @@ class StudentSettings:
     sample_steps: int = 20
     sample_cfg: float = 1.5
     width_error_bound: float = 0.01     # image units: extra final-image error a narrow width may add per segment
-    psnr_floor: float = 32.0        # default threshold: the largest tau whose images stay this close to full
+    tau_p1_psnr: float = 32.0       # default threshold: the tail rule (bench/tau.py) on PSNR to full compute,
+    tau_worst_psnr: float = 25.0    # 1st percentile >= this and worst image >= that, over
+    tau_images: int = 540           # this many images (>= 512 for a real model; tests use fewer)
     gate_trajectories: int = 48
     gate_steps: int = 1500
 
@@ -250,41 +252,7 @@ def train_gate(gate, train: dict[str, torch.Tensor], steps: int, seed: int, batc
     return losses
 
 
-# -- 4. default threshold -------------------------------------------------------------------------------
-
-THRESHOLD_GRID = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)   # image units
-
-
-@torch.no_grad()
-def threshold_sweep(model: NitroGenModel, width_schedule: tuple[float, ...], steps: int, cfg_scale: float,
-                    n: int, seed: int) -> list[dict]:
-    """MACs and PSNR of the adaptive sampler (gate + width schedule) over THRESHOLD_GRID, against
-    full compute (width 1.0, every patch, every step; what threshold 0 runs too), same seeds."""
-    from ..sampler import sample
-    cfg = model.config
-    noise = make_noise(cfg, n, seed)
-    labels = torch.arange(n) % cfg.num_classes
-    full = sample(model, noise, labels, SamplerSettings(steps=steps, cfg=cfg_scale, mode="full"))
-    rows = []
-    for tau in THRESHOLD_GRID:
-        res = sample(model, noise, labels, SamplerSettings(steps=steps, cfg=cfg_scale, threshold=tau),
-                     width_schedule=width_schedule)
-        p = psnr(res.images, full.images)
-        rows.append({"threshold": tau, "mac_ratio": res.record.macs_used / full.record.macs_full,
-                     "psnr_mean": float(p.mean()), "psnr_min": float(p.min())})
-    return rows
-
-
-def choose_threshold(rows: list[dict], psnr_floor: float) -> float:
-    """The largest threshold up to which every swept threshold keeps the worst image at psnr_floor dB
-    or more against full compute (0 when even the smallest fails)."""
-    chosen = 0.0
-    for r in sorted(rows, key=lambda r: r["threshold"]):
-        if r["psnr_min"] < psnr_floor:
-            break
-        chosen = r["threshold"]
-    return chosen
-
+# -- 4. default threshold: bench/tau.py (the tail rule over >= 512 images) -------------------------------
 
 # -- driver ---------------------------------------------------------------------------------------------
 
@@ -378,14 +346,17 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     report = gate_report(student.gate, held_out, thresholds=(0.02, 0.05, 0.1))
     print(f"gate held-out: log-RMSE {report['log_rmse']:.3f}, pearson {report['pearson']:.3f}", file=sys.stderr)
 
-    print("choosing the default threshold", file=sys.stderr)
-    sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg, n=2 * cfg.num_classes,
-                            seed=s.seed + 4)
-    threshold = choose_threshold(sweep, s.psnr_floor)
-    print(f"default threshold {threshold} (worst PSNR to full >= {s.psnr_floor} dB)", file=sys.stderr)
+    rule = TailRule(s.tau_p1_psnr, s.tau_worst_psnr)
+    print(f"choosing the default threshold on {s.tau_images} images: {rule.text()}", file=sys.stderr)
+    counts = list(data.counts().values())
+    sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg,
+                            proportional_labels(counts, s.tau_images))
+    threshold = choose_threshold(sweep, rule)
+    print(f"default threshold {threshold}", file=sys.stderr)
     calib_seconds = time.monotonic() - t0
 
     summary = {"width_errors": errors, "width_schedule": width_schedule, "gate": report,
+               "threshold_rule": asdict(rule), "threshold_images": s.tau_images,
                "threshold_sweep": sweep, "threshold": threshold,
                "gate_final_train_loss": sum(gate_losses[-50:]) / min(50, len(gate_losses)),
                "distill_seconds": round(distill_seconds, 1), "calibration_seconds": round(calib_seconds, 1)}
@@ -396,6 +367,7 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
                     train={"stage": "student", "teacher": s.teacher, "data": s.data, "distill_steps": s.steps,
                            "seed": s.seed, "seconds": round(distill_seconds + calib_seconds, 1),
                            "width_error_bound": s.width_error_bound, "gate_log_rmse": report["log_rmse"],
+                           "class_counts": counts,
                            "commit": _git_commit()},
                     sampler={"steps": s.sample_steps, "cfg": s.sample_cfg, "threshold": threshold})
     print(f"student done: {out}", file=sys.stderr)

@@ -1,0 +1,75 @@
+"""The default-threshold calibration (bench/tau.py): labels in proportion to the data, noise disjoint
+from the benchmark's, the tail rule, and the command's one-line errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import perturbed
+from nitrogen_core.bench.evaluate import BENCH_SEED
+from nitrogen_core.bench.tau import (CALIBRATION_SEED, TailRule, calibration_noise, choose_threshold, markdown,
+                                     proportional_labels, threshold_sweep)
+from nitrogen_core.config import preset
+from nitrogen_core.model import NitroGenModel
+from nitrogen_core.sampler import make_noise
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_labels_follow_the_class_counts():
+    labels = proportional_labels([24, 64, 20, 22, 29, 24, 22, 29, 15], 540)
+    counts = torch.bincount(labels, minlength=9).tolist()
+    assert sum(counts) == 540
+    exact = [c * 540 / 249 for c in [24, 64, 20, 22, 29, 24, 22, 29, 15]]
+    assert all(abs(c - e) < 1 for c, e in zip(counts, exact)), (counts, exact)
+    assert proportional_labels([1, 0, 1], 4).tolist() == [0, 0, 2, 2]
+
+
+def test_calibration_noise_is_not_the_benchmarks():
+    cfg = preset("tiny")
+    calib = calibration_noise(cfg, 16)
+    bench = make_noise(cfg, 64, seed=BENCH_SEED)
+    assert not any(torch.equal(c, b) for c in calib for b in bench)
+    # image k depends on k alone, so a prefix is the same images
+    assert torch.equal(calibration_noise(cfg, 4), calib[:4])
+    assert torch.equal(calib[3:4], make_noise(cfg, 1, CALIBRATION_SEED + 3))
+
+
+def test_rule_reads_the_tail_not_the_mean():
+    rule = TailRule(32.0, 25.0)
+    assert rule.holds({"psnr_mean": 30.0, "psnr_p1": 32.0, "psnr_min": 25.0})
+    assert not rule.holds({"psnr_mean": 60.0, "psnr_p1": 31.9, "psnr_min": 40.0})
+    assert not rule.holds({"psnr_mean": 60.0, "psnr_p1": 40.0, "psnr_min": 24.9})
+
+
+def test_sweep_reports_mean_p1_and_worst(tmp_path):
+    torch.manual_seed(0)
+    model = perturbed(NitroGenModel(preset("tiny"))).eval()
+    labels = proportional_labels([2, 1, 1], 8)
+    rows = threshold_sweep(model, (1.0,), 4, 1.5, labels, taus=(0.0, 0.5, 5.0))
+    zero, mid, huge = rows
+    assert zero["mac_ratio"] == 1.0 and zero["psnr_min"] > 120          # tau 0 is full compute
+    assert huge["mac_ratio"] < 1.0
+    for r in rows:
+        assert r["psnr_min"] <= r["psnr_p1"] <= max(r["psnr_mean"], r["psnr_p1"])
+    chosen = choose_threshold(rows, TailRule(32.0, 25.0))
+    assert chosen in (0.0, 0.5, 5.0)
+    text = markdown({"command": "cmd", "images": 8, "label_counts": {}, "steps": 4, "cfg": 1.5, "ckpt": "x",
+                     "rule": {"p1_psnr": 32.0, "worst_psnr": 25.0}, "rule_text": TailRule().text(),
+                     "rows": rows, "threshold": chosen})
+    assert "1st-percentile PSNR to full >= 32 dB and worst image >= 25 dB" in text
+    assert text.count("| holds |") + text.count("| fails |") == 3
+
+
+@pytest.mark.parametrize("args, needle", [(["--images", "100"], "--images 100 is out of range"),
+                                          (["--json", "docs"], "--json 'docs' is a directory")])
+def test_cli_errors_are_one_line(args, needle):
+    proc = subprocess.run([sys.executable, "-m", "nitrogen_core", "bench", "tau", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
+    assert needle in proc.stderr
