@@ -425,10 +425,10 @@ def test_example_workflow_is_valid(path, pack, comfy, runner):
         assert node["properties"]["Node name for S&R"] == node["type"], where
         if node["type"] in runner.CORE_NODES:
             core = runner.CORE_NODES[node["type"]]
-            sockets, out_types = core["inputs"], []
+            sockets, out_types = core["inputs"], core["outputs"]
             assert len(node["widgets_values"]) == len(core["widgets"]), where
-            for (name, kind), value in zip(core["widgets"], node["widgets_values"]):
-                _check_widget(where, name, (kind, {}), value)
+            for (name, spec), value in zip(core["widgets"], node["widgets_values"]):
+                _check_widget(where, name, spec, value)
         else:
             assert node["type"] in OUR_NODES, f"{where}: neither ours nor a core node"
             cls = classes[node["type"]]
