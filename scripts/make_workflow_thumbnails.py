@@ -5,14 +5,16 @@
 
 It runs each workflow's nodes through this pack's node classes, loaded the way ComfyUI loads a
 custom-node folder (by path), with minimal stand-ins for the few ComfyUI functions the nodes call.
-No ComfyUI is needed. The thumbnail lays out what the workflow's PreviewImage/SaveImage nodes would
-show, in canvas reading order, each captioned with the node title.
+No ComfyUI is needed. The thumbnail lays out what the workflow shows in the frontend: the images
+of its PreviewImage/SaveImage nodes and of this pack's output nodes that preview their own result
+(NitroGen Compute Map), in canvas reading order, each captioned with the node title.
 
 Thumbnails must show what the model really does, so an untrained checkpoint (train steps 0) is
 refused unless --allow-untrained, which is for checking this script only.
 
-The runner (`widget_inputs`, `widget_kwargs`, `run_workflow`, `to_api_prompt`) is reused by
-tests/test_nodes.py; `to_api_prompt` also gives the /prompt body for a test against a real ComfyUI.
+The runner (`widget_inputs`, `widget_kwargs`, `run_workflow`, `to_api_prompt`, `displays`) is reused by
+tests/test_nodes.py and tests/test_workflows.py; `to_api_prompt` also gives the /prompt body for a test
+against a real ComfyUI.
 """
 from __future__ import annotations
 
@@ -30,10 +32,18 @@ WORKFLOWS = REPO / "example_workflows"
 PACK_NAME = "NitroGen_thumbnails"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
-# ComfyUI core nodes the example workflows may use: socket inputs and widgets, in order.
+# ComfyUI core nodes the example workflows may use, as ComfyUI's nodes.py declares them: socket
+# inputs, widgets (name, input spec) in order, outputs (name, type), and the input whose images the
+# frontend shows in the node ("shows"; None for a node that shows nothing).
+UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CORE_NODES = {
-    "PreviewImage": {"inputs": [("images", "IMAGE")], "widgets": []},
-    "SaveImage": {"inputs": [("images", "IMAGE")], "widgets": [("filename_prefix", "STRING")]},
+    "PreviewImage": {"inputs": [("images", "IMAGE")], "widgets": [], "outputs": [], "shows": "images"},
+    "SaveImage": {"inputs": [("images", "IMAGE")], "widgets": [("filename_prefix", ("STRING", {}))],
+                  "outputs": [], "shows": "images"},
+    "ImageScaleBy": {"inputs": [("image", "IMAGE")],
+                     "widgets": [("upscale_method", (UPSCALE_METHODS, {})),
+                                 ("scale_by", ("FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01}))],
+                     "outputs": [("IMAGE", "IMAGE")], "shows": None},
 }
 PANEL_HEIGHT = 256
 
@@ -94,25 +104,86 @@ def topological(workflow: dict) -> list[dict]:
     return order
 
 
-def run_workflow(workflow: dict, classes: dict, overrides: dict | None = None) -> dict:
-    """Execute a UI-format workflow with our node classes.
+def shown_output(cls) -> int | None:
+    """The output slot an output node of this pack previews itself (its IMAGE result, saved as
+    `ui.images`), or None. The frontend draws these in the node, like a PreviewImage."""
+    if getattr(cls, "OUTPUT_NODE", False) and "IMAGE" in cls.RETURN_TYPES:
+        return list(cls.RETURN_TYPES).index("IMAGE")
+    return None
+
+
+def image_scale_by(image, upscale_method: str, scale_by: float):
+    """ComfyUI's ImageScaleBy (nodes.py, comfy.utils.common_upscale) for the interpolate modes."""
+    import torch
+
+    if upscale_method not in ("nearest-exact", "bilinear", "area", "bicubic"):
+        raise ValueError(f"ImageScaleBy: upscale_method {upscale_method!r} is not supported by this runner")
+    samples = image.movedim(-1, 1)
+    size = (round(samples.shape[2] * scale_by), round(samples.shape[3] * scale_by))
+    return torch.nn.functional.interpolate(samples, size=size, mode=upscale_method).movedim(1, -1)
+
+
+def displays(workflow: dict, classes: dict) -> list[dict]:
+    """What the frontend shows after a run, read from the graph alone: one entry per node that draws
+    images, with the image output they come from (following ImageScaleBy nodes back to it).
+
+    Each entry: {"node": display node id, "source": (node id, output slot) of the image's producer,
+    "scale": product of the ImageScaleBy factors on the way}."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    links = {lid: (src, slot) for lid, src, slot, _, _, _ in workflow["links"]}
+
+    def trace(node_id: int, input_name: str) -> tuple[tuple[int, int], float] | None:
+        link = next((i.get("link") for i in nodes[node_id]["inputs"] if i["name"] == input_name), None)
+        if link is None:
+            return None
+        src, slot = links[link]
+        if nodes[src]["type"] == "ImageScaleBy":
+            upstream = trace(src, "image")
+            if upstream is None:
+                return None
+            return upstream[0], upstream[1] * float(nodes[src]["widgets_values"][1])
+        return (src, slot), 1.0
+
+    out = []
+    for node in workflow["nodes"]:
+        kind = node["type"]
+        if kind in CORE_NODES:
+            shows = CORE_NODES[kind]["shows"]
+            traced = trace(node["id"], shows) if shows else None
+            if traced:
+                out.append({"node": node["id"], "source": traced[0], "scale": traced[1]})
+        elif kind in classes and shown_output(classes[kind]) is not None:
+            out.append({"node": node["id"], "source": (node["id"], shown_output(classes[kind])), "scale": 1.0})
+    return out
+
+
+def run_workflow(workflow: dict, classes: dict, overrides: dict | None = None, names: dict | None = None) -> dict:
+    """Execute a UI-format workflow with our node classes and the CORE_NODES.
 
     overrides: {node type: {input name: value}} replacing widget values (e.g. another ckpt_name).
+    names: display names by node type, for captions of nodes without a title.
     Returns {"outputs": {node id: result tuple}, "ui": {node id: ui dict},
-             "previews": [(node id, title, IMAGE tensor)] top to bottom, then left to right}.
+             "previews": [(node id, caption, IMAGE tensor)] of every node that shows images (see
+             `displays`), top to bottom, then left to right}.
     """
-    overrides = overrides or {}
+    overrides, names = overrides or {}, names or {}
     links = {lid: (src, slot) for lid, src, slot, _, _, _ in workflow["links"]}
     outputs, ui, previews = {}, {}, []
     for node in topological(workflow):
         kind = node["type"]
+        caption = node.get("title") or names.get(kind, kind)
         linked = {}
         for inp in node.get("inputs", []):
             if inp.get("link") is not None:
                 src, slot = links[inp["link"]]
                 linked[inp["name"]] = outputs[src][slot]
         if kind in CORE_NODES:
-            previews.append((node["id"], node.get("title", kind), linked["images"], node["pos"]))
+            core = CORE_NODES[kind]
+            values = dict(zip((name for name, _ in core["widgets"]), node.get("widgets_values", [])))
+            if kind == "ImageScaleBy":
+                outputs[node["id"]] = (image_scale_by(linked["image"], values["upscale_method"], values["scale_by"]),)
+            if core["shows"]:
+                previews.append((node["id"], caption, linked[core["shows"]], node))
             continue
         cls = classes[kind]
         kwargs = {**widget_kwargs(cls, node.get("widgets_values", [])), **overrides.get(kind, {}), **linked}
@@ -121,8 +192,24 @@ def run_workflow(workflow: dict, classes: dict, overrides: dict | None = None) -
             ui[node["id"]] = result.get("ui")
             result = result["result"]
         outputs[node["id"]] = tuple(result)
-    previews.sort(key=lambda p: (p[3][1], p[3][0]))
+        slot = shown_output(cls)
+        if slot is not None:
+            previews.append((node["id"], caption, outputs[node["id"]][slot], node))
+    order = reading_order([p[3] for p in previews])
+    previews.sort(key=lambda p: order.index(p[0]))
     return {"outputs": outputs, "ui": ui, "previews": [p[:3] for p in previews]}
+
+
+def reading_order(nodes: list[dict]) -> list[int]:
+    """Node ids in canvas reading order: rows top to bottom, left to right within a row. A node joins
+    the current row when its box starts above the bottom of the row's first node."""
+    rows = []
+    for node in sorted(nodes, key=lambda n: (n["pos"][1], n["pos"][0])):
+        if rows and node["pos"][1] < rows[-1][0]["pos"][1] + rows[-1][0]["size"][1]:
+            rows[-1].append(node)
+        else:
+            rows.append([node])
+    return [n["id"] for row in rows for n in sorted(row, key=lambda n: n["pos"][0])]
 
 
 def to_api_prompt(workflow: dict, classes: dict, overrides: dict | None = None) -> dict:
@@ -181,7 +268,8 @@ def panel(images, title: str):
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = arr[i]
     img = Image.fromarray(grid)
     scale = PANEL_HEIGHT / img.height
-    img = img.resize((max(1, round(img.width * scale)), PANEL_HEIGHT), Image.NEAREST)
+    # Nearest keeps pixels sharp going up; box averages going down (legend text stays legible).
+    img = img.resize((max(1, round(img.width * scale)), PANEL_HEIGHT), Image.NEAREST if scale >= 1 else Image.BOX)
     out = Image.new("RGB", (img.width, PANEL_HEIGHT + 24), (255, 255, 255))
     out.paste(img, (0, 24))
     ImageDraw.Draw(out).text((4, 6), title, fill=(20, 20, 20))
@@ -243,7 +331,7 @@ def main(argv=None) -> int:
         for path in sorted(WORKFLOWS.glob("*.json")):
             workflow = json.loads(path.read_text())
             print(f"running {path.name}", file=sys.stderr)
-            run = run_workflow(workflow, pack.NODE_CLASS_MAPPINGS, overrides)
+            run = run_workflow(workflow, pack.NODE_CLASS_MAPPINGS, overrides, pack.NODE_DISPLAY_NAME_MAPPINGS)
             target = out_dir / f"{path.stem}.jpg"
             thumbnail(run["previews"]).save(target, quality=90)
             print(f"wrote {target}")

@@ -27,6 +27,8 @@ COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set; the real-ComfyUI check is skipped")
 PACK = "ComfyUI-NitroGen"
 OUR_NODES = ("NitroGenLoader", "NitroGenAdaptiveSampler", "NitroGenComputeMap")
+WORKFLOWS = REPO / "example_workflows"
+BASIC = "Generate emoji and map where compute went"
 
 
 def _free_port() -> int:
@@ -99,7 +101,12 @@ def test_nodes_and_templates_are_served(server):
     assert "tiny-test.safetensors" in ckpts                     # found through extra_model_paths.yaml
     assert ckpts[0] == "nitrogen-emoji32 (bundled)"
     templates = json.loads(_get(server["url"] + "/workflow_templates"))
-    assert sorted(templates.get(PACK, [])) == ["basic", "compare"]
+    names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    assert sorted(templates.get(PACK, [])) == names
+    for name in names:                       # what the template browser fetches, names with spaces included
+        quoted = urllib.parse.quote(name)
+        assert json.loads(_get(f"{server['url']}/api/workflow_templates/{PACK}/{quoted}.json"))["nodes"]
+        assert _get(f"{server['url']}/api/workflow_templates/{PACK}/{quoted}.jpg")[:2] == b"\xff\xd8"
 
 
 def _run_prompt(server, prompt: dict) -> tuple[list[dict], float]:
@@ -131,21 +138,22 @@ def _view(server, img: dict) -> Image.Image:
 
 def test_basic_workflow_runs(server):
     script = _thumbnail_script()
-    workflow = json.loads((REPO / "example_workflows" / "basic.json").read_text())
+    workflow = json.loads((WORKFLOWS / f"{BASIC}.json").read_text())
     pack = script.load_pack()
     prompt = script.to_api_prompt(workflow, pack.NODE_CLASS_MAPPINGS,
                                   overrides={"NitroGenLoader": {"ckpt_name": "tiny-test.safetensors"},
                                              "NitroGenAdaptiveSampler": {"label": "a", "steps": 4}})
     images, _ = _run_prompt(server, prompt)
-    assert len(images) >= 2                                      # sample preview + heatmap
-    for img in images:
-        _view(server, img)
+    batch = next(v for v in prompt.values() if v["class_type"] == "NitroGenAdaptiveSampler")["inputs"]["batch_size"]
+    sizes = sorted(_view(server, img).size for img in images)
+    upscaled = [s for s in sizes if s == (16 * 8, 16 * 8)]           # tiny is 16 px; ImageScaleBy x8
+    assert len(upscaled) == batch and len(sizes) == 2 * batch, sizes  # the images once, the heatmaps once
 
 
 def test_shipped_workflow_on_bundled_checkpoint(server):
     """The basic workflow exactly as shipped: bundled checkpoint, class heart, 20 steps."""
     script = _thumbnail_script()
-    workflow = json.loads((REPO / "example_workflows" / "basic.json").read_text())
+    workflow = json.loads((WORKFLOWS / f"{BASIC}.json").read_text())
     pack = script.load_pack()
     prompt = script.to_api_prompt(workflow, pack.NODE_CLASS_MAPPINGS)
     images, seconds = _run_prompt(server, prompt)
@@ -153,8 +161,8 @@ def test_shipped_workflow_on_bundled_checkpoint(server):
     print(f"\nbasic workflow, bundled checkpoint: {seconds:.2f} s for {batch} images "
           f"({seconds / batch:.2f} s/image, ComfyUI --cpu, incl. model load on first use)")
     samples = [_view(server, img) for img in images]
-    emoji = [im for im in samples if im.size == (32, 32)]
+    emoji = [im for im in samples if im.size == (32 * 8, 32 * 8)]   # shown through ImageScaleBy x8
     assert len(emoji) == batch, [im.size for im in samples]
     for im in emoji:                                             # a trained model draws: not flat, mostly white ground
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+        arr = np.asarray(im.convert("RGB").resize((32, 32), Image.NEAREST), dtype=np.float32) / 255
         assert arr.std() > 0.15 and (arr.min(axis=2) > 0.9).mean() > 0.2

@@ -399,10 +399,12 @@ def test_bad_compute_map_inputs(pack, comfy):
 # -- example workflows ------------------------------------------------------------------
 
 WORKFLOW_FILES = sorted((REPO / "example_workflows").glob("*.json"))
+BASIC = REPO / "example_workflows" / "Generate emoji and map where compute went.json"
+COMPARE = REPO / "example_workflows" / "Full vs adaptive compute on the same seed.json"
 
 
 def test_example_workflows_exist():
-    assert {p.name for p in WORKFLOW_FILES} >= {"basic.json", "compare.json"}
+    assert set(WORKFLOW_FILES) >= {BASIC, COMPARE}
 
 
 def _check_widget(where: str, name: str, spec: tuple, value) -> None:
@@ -444,10 +446,10 @@ def test_example_workflow_is_valid(path, pack, comfy, runner):
         assert node["properties"]["Node name for S&R"] == node["type"], where
         if node["type"] in runner.CORE_NODES:
             core = runner.CORE_NODES[node["type"]]
-            sockets, out_types = core["inputs"], []
+            sockets, out_types = core["inputs"], core["outputs"]
             assert len(node["widgets_values"]) == len(core["widgets"]), where
-            for (name, kind), value in zip(core["widgets"], node["widgets_values"]):
-                _check_widget(where, name, (kind, {}), value)
+            for (name, spec), value in zip(core["widgets"], node["widgets_values"]):
+                _check_widget(where, name, spec, value)
         else:
             assert node["type"] in OUR_NODES, f"{where}: neither ours nor a core node"
             cls = classes[node["type"]]
@@ -497,13 +499,16 @@ def test_example_workflow_runs_on_tiny(path, pack, comfy, runner):
 
 
 def test_api_prompt_of_basic_workflow(pack, comfy, runner):
-    wf = json.loads((REPO / "example_workflows" / "basic.json").read_text())
+    wf = json.loads(BASIC.read_text())
     prompt = runner.to_api_prompt(wf, pack.NODE_CLASS_MAPPINGS)
     assert prompt["1"] == {"class_type": "NitroGenLoader",
                            "inputs": {"ckpt_name": "nitrogen-emoji32 (bundled)", "device": "auto", "dtype": "auto"}}
     s = prompt["2"]["inputs"]
     assert prompt["2"]["class_type"] == "NitroGenAdaptiveSampler" and s["model"] == ["1", 0]
     assert set(s) == {"model", "seed", "label", "batch_size", "steps", "cfg", "threshold", "budget"}
-    assert prompt["4"]["inputs"]["compute"] == ["2", 1] and prompt["4"]["inputs"]["image"] == ["2", 0]
-    assert prompt["3"] == {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}
+    assert prompt["3"]["class_type"] == "NitroGenComputeMap"
+    assert prompt["3"]["inputs"]["compute"] == ["2", 1] and prompt["3"]["inputs"]["image"] == ["2", 0]
+    assert prompt["4"] == {"class_type": "ImageScaleBy",
+                           "inputs": {"image": ["2", 0], "upscale_method": "nearest-exact", "scale_by": 8.0}}
+    assert prompt["5"] == {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}
     json.dumps(prompt)                                                 # serialisable as the /prompt body
