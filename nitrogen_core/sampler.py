@@ -56,7 +56,7 @@ from .config import NitroGenConfig
 from .diffusion import Schedule, split_prediction
 from .errors import NitroGenInputError
 from .model import NitroGenModel
-from .sparse import UNetExecutor, dense_forward, step_costs
+
 
 MODES = ("full", "adaptive", "cache")
 MAX_BATCH = 64
@@ -178,7 +178,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    unet, gate = model.unet, model.gate
+    gate = model.gate
     schedule = Schedule(cfg.train_timesteps)
     timesteps = schedule.sampling_timesteps(settings.steps)
     adaptive = settings.mode == "adaptive"
@@ -203,16 +203,17 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
                                  f"does not enforce one (use budget=1.0 or mode='adaptive')")
 
     # MAC accounting: full compute is the width-1.0 dense forward every step, both CFG halves.
-    full_cost = step_costs(unet, 1.0).dense * halves
+    executor = model.executor(record=may_go_sparse)
+    full_cost = executor.costs(1.0).dense * halves
     macs_full = full_cost * settings.steps
     budget_macs = math.floor(settings.budget * macs_full)
-    widths, dense_cost, reserved = _fit_widths_to_budget(widths, budget_macs, unet, halves, settings.budget,
-                                                         macs_full)
+    widths, dense_cost, reserved = _fit_widths_to_budget(widths, budget_macs, executor.costs, cfg.widths, halves,
+                                                         settings.budget, macs_full)
     last_segment_start = max(i for i in range(settings.steps) if i == 0 or widths[i] != widths[i - 1])
     gate_cost = gate.macs() if use_gate else 0
 
     if settings.mode == "cache":
-        return _sample_step_cache(model, noise, labels, settings, widths[0], macs_full, callback)
+        return _sample_step_cache(model, executor, noise, labels, settings, widths[0], macs_full, callback)
     # Model batch = [cond | uncond]; labels == num_classes is the null class.
     model_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else labels
     model_labels = model_labels.to(device)
@@ -224,7 +225,6 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     x = noise.to(device=device, dtype=torch.float32)                          # (B, C, H, W)
     eps_cached = torch.zeros_like(x)
     eps_delta = torch.zeros_like(x)
-    executor = UNetExecutor(unet, record=may_go_sparse)
     used = torch.zeros(B, dtype=torch.int64)
     skip_run = torch.zeros(B, nb, nb, dtype=torch.int64)                     # steps since last computed
     below_run = torch.zeros(B, nb, nb, dtype=torch.int64)                    # gate calls in a row below tau
@@ -299,7 +299,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
             raise RuntimeError(f"internal error: images {(~dense).nonzero().flatten().tolist()} cannot afford "
                                f"the dense pass at width change step {i} despite the reserve")
         sparse_width = width if executor.width is None else executor.width
-        blocks = _trim_to_budget(want & ~dense[:, None, None], priority, remaining, step_costs(unet, sparse_width),
+        blocks = _trim_to_budget(want & ~dense[:, None, None], priority, remaining, executor.costs(sparse_width),
                                  halves) | dense[:, None, None]
         if not bool(dense.any()):
             width = sparse_width                                             # sparse steps reuse the cache's width
@@ -342,8 +342,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     return SampleResult(images=x.clamp(-1, 1), record=record)
 
 
-def _fit_widths_to_budget(widths: list[float], budget_macs: int, unet, halves: int, budget: float, macs_full: int
-                          ) -> tuple[list[float], list[int], list[int]]:
+def _fit_widths_to_budget(widths: list[float], budget_macs: int, costs, model_widths: tuple[float, ...], halves: int,
+                          budget: float, macs_full: int) -> tuple[list[float], list[int], list[int]]:
     """The per-step widths a budget can run, their dense cost per image, and the MACs reserved after
     each step for the dense passes at later width changes.
 
@@ -354,12 +354,12 @@ def _fit_widths_to_budget(widths: list[float], budget_macs: int, unet, halves: i
     naming the least budget that works."""
     def plan(cap: float) -> tuple[list[float], list[int], list[int]]:
         capped = [min(w, cap) for w in widths]
-        cost = [step_costs(unet, w).dense * halves for w in capped]
+        cost = [costs(w).dense * halves for w in capped]
         changes = [i for i in range(1, len(capped)) if capped[i] != capped[i - 1]]
         reserved = [sum(cost[j] for j in changes if j > i) for i in range(len(capped))]
         return capped, cost, reserved
 
-    caps = sorted({w for w in unet.cfg.widths if w <= max(widths)}, reverse=True)
+    caps = sorted({w for w in model_widths if w <= max(widths)}, reverse=True)
     for cap in caps:
         capped, cost, reserved = plan(cap)
         if cost[0] + reserved[0] <= budget_macs:
@@ -388,8 +388,8 @@ def _ddim_step(x, eps_cached, fresh_eps, fresh_x0, computed, alpha, sigma, alpha
     return alpha_prev * x0 + sigma_prev * eps, eps, x0
 
 
-def _sample_step_cache(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings,
-                       width: float, macs_full: int, callback) -> SampleResult:
+def _sample_step_cache(model: NitroGenModel, executor, noise: torch.Tensor, labels: torch.Tensor,
+                       settings: SamplerSettings, width: float, macs_full: int, callback) -> SampleResult:
     """Step caching, the benchmark's baseline (EasyCache / AdaptiveDiffusion style): per image, a
     whole step is skipped and the last eps reused while the predicted change stays small.
 
@@ -399,14 +399,14 @@ def _sample_step_cache(model: NitroGenModel, noise: torch.Tensor, labels: torch.
     accumulated over the current skip run, sum of rate * staleness * step_weight, stays below
     tau, and at most `max_skips` steps in a row. Validation happened in `sample`.
     """
-    cfg, unet = model.config, model.unet
+    cfg = model.config
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     schedule = Schedule(cfg.train_timesteps)
     timesteps = schedule.sampling_timesteps(settings.steps)
     step_weight, _ = image_weights(schedule, timesteps)
     B, grid = noise.shape[0], cfg.image_size // cfg.patch_size
     guided = settings.cfg != 1.0
-    step_cost = step_costs(unet, width).dense * (2 if guided else 1)
+    step_cost = executor.costs(width).dense * (2 if guided else 1)
 
     x = noise.to(device=device, dtype=torch.float32)                          # (B, C, H, W)
     eps_cached = torch.zeros_like(x)
@@ -426,7 +426,8 @@ def _sample_step_cache(model: NitroGenModel, noise: torch.Tensor, labels: torch.
             x_in = torch.cat([x_rows, x_rows]) if guided else x_rows
             lab_in = torch.cat([lab, torch.full_like(lab, cfg.num_classes)]) if guided else lab
             t_in = torch.full((len(x_in),), float(t), device=device, dtype=dtype)
-            out, _, _ = dense_forward(unet, x_in, t_in, lab_in, width, record=False)
+            everyone = torch.ones(len(x_in), dtype=torch.bool, device=device)
+            out, _ = executor.step(x_in, t_in, lab_in, width, everyone, everyone[:, None, None])
             eps_r, x0_r = split_prediction(_guide(out, settings.cfg), x[rows], alpha, sigma, cfg.prediction)
             fresh_eps[rows], fresh_x0[rows] = eps_r, x0_r
         computed = (~skip).to(device)[:, None, None, None]                    # (B, 1, 1, 1)

@@ -18,5 +18,11 @@ class NitroGenModel(nn.Module):
         self.unet = UNet(config)
         self.gate = Gate(config)
 
+    def executor(self, record: bool):
+        """The sampler's executor for this backbone (sparse.UNetExecutor's interface): dense and
+        sparse forwards over its units, with its activation cache (none when `record` is False)."""
+        from ..sparse import UNetExecutor          # sparse.py builds on model/: imported when used
+        return UNetExecutor(self.unet, record)
+
 
 __all__ = ["NitroGenModel", "UNet", "Gate", "Ops", "DenseOps", "MacCounter"]
