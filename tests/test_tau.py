@@ -66,6 +66,8 @@ def test_sweep_reports_mean_p1_and_worst(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [(["--images", "100"], "--images 100 is out of range"),
+                                          (["--taus", "0.01,x"], "--taus '0.01,x' must be comma-separated"),
+                                          (["--taus", "-1"], "every threshold must be in 0..100"),
                                           (["--json", "docs"], "--json 'docs' is a directory")])
 def test_cli_errors_are_one_line(args, needle):
     proc = subprocess.run([sys.executable, "-m", "nitrogen_core", "bench", "tau", *args], cwd=REPO,

@@ -141,7 +141,7 @@ def markdown(result: dict) -> str:
 
 
 def calibrate(ckpt_path: str, images: int, counts: list[int] | None, rule: TailRule = DEFAULT_RULE,
-              log=print) -> dict:
+              taus=THRESHOLD_GRID, log=print) -> dict:
     from ..checkpoint import load_checkpoint
     ck = load_checkpoint(ckpt_path)
     steps, cfg_scale = ck.sampler.get("steps", 20), ck.sampler.get("cfg", 1.5)
@@ -150,7 +150,7 @@ def calibrate(ckpt_path: str, images: int, counts: list[int] | None, rule: TailR
     counts = counts or [1] * ck.config.num_classes
     labels = proportional_labels(counts, images)
     start = time.perf_counter()
-    rows = threshold_sweep(ck.model, ck.width_schedule, steps, cfg_scale, labels, log=log)
+    rows = threshold_sweep(ck.model, ck.width_schedule, steps, cfg_scale, labels, taus=taus, log=log)
     return {"ckpt": str(ckpt_path), "images": images, "steps": steps, "cfg": cfg_scale,
             "label_counts": dict(zip(ck.labels, torch.bincount(labels, minlength=len(ck.labels)).tolist())),
             "rule": asdict(rule), "rule_text": rule.text(), "rows": rows,
@@ -167,6 +167,8 @@ def add_tau_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--data", default=None,
                         help="training data folder, for labels in proportion to its class counts "
                              "(default: the counts stored in the checkpoint, else uniform)")
+    parser.add_argument("--taus", default=None,
+                        help="comma-separated thresholds to sweep (default: " + ",".join(map(str, THRESHOLD_GRID)) + ")")
     parser.add_argument("--json", default=None, help="write the sweep and the choice here")
     parser.add_argument("--markdown", default=None, help="write the rule and the sweep table here")
     return parser
@@ -180,16 +182,26 @@ def cmd_tau(args: argparse.Namespace) -> int:
         path = getattr(args, flag)
         if path is not None and Path(path).is_dir():
             raise NitroGenInputError(f"--{flag} {path!r} is a directory; give a file path")
+    taus = THRESHOLD_GRID
+    if args.taus is not None:
+        try:
+            taus = tuple(sorted(float(v) for v in args.taus.split(",")))
+        except ValueError:
+            raise NitroGenInputError(f"--taus {args.taus!r} must be comma-separated numbers, e.g. 0.003,0.01") from None
+        if not taus or any(not 0.0 <= t <= 100.0 for t in taus):
+            raise NitroGenInputError(f"--taus {args.taus!r}: every threshold must be in 0..100")
     counts = None
     if args.data is not None:
         from ..train.data import load_image_folder
         counts = list(load_image_folder(args.data).counts().values())
     from .evaluate import command_line
-    result = calibrate(args.ckpt, args.images, counts, log=lambda m: print(m, file=sys.stderr, flush=True))
+    result = calibrate(args.ckpt, args.images, counts, taus=taus,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
     from ..checkpoint import BUNDLED_CHECKPOINT
     result["command"] = command_line(["python -m nitrogen_core bench tau"],
                                      [("--ckpt", None if args.ckpt == str(BUNDLED_CHECKPOINT) else args.ckpt),
-                                      ("--images", args.images), ("--data", args.data), ("--json", args.json),
+                                      ("--images", args.images), ("--data", args.data), ("--taus", args.taus),
+                                      ("--json", args.json),
                                       ("--markdown", args.markdown)])
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
