@@ -34,8 +34,9 @@ def _check_int(name: str, value, lo: int, hi: int) -> int:
 def preview_image(x0: torch.Tensor) -> Image.Image:
     """x0 (B, C, H, W) in about [-1, 1] -> one near-square grid, upscaled (nearest) towards PREVIEW_MAX.
 
-    ComfyUI resizes previews bilinearly to fit its preview size; upscaling 32 px images ourselves
-    with nearest keeps them sharp."""
+    Both the step previews and the final images the node shows are drawn by this, so they look
+    the same. ComfyUI resizes previews bilinearly to fit its preview size; upscaling 32 px images
+    ourselves with nearest keeps them sharp."""
     arr = ((x0.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     arr = arr.permute(0, 2, 3, 1).cpu().numpy()                                # (B, H, W, 3)
     b, h, w, _ = arr.shape
@@ -84,18 +85,21 @@ def run_sampler(handle, seed, label, batch_size, steps, cfg, threshold, budget):
         result = sample(ck.model, noise, labels, settings, width_schedule=ck.width_schedule,
                         callback=on_step)
         images = ((result.images.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)   # (B, H, W, 3)
+        shown = preview_image(result.images)
     # Out of inference mode: downstream nodes may run outside it and write into their inputs.
     images = images.clone().contiguous().to(mm.intermediate_device())
-    return images, result.record
+    return images, result.record, shown
 
 
 class NitroGenAdaptiveSampler:
     DESCRIPTION = ("Generates images of one class with NitroGen's adaptive sampler: deterministic DDIM with "
                    "classifier-free guidance that recomputes only the patches whose predicted change is at or "
                    "above the threshold, under a hard cap on MACs per image. Threshold 0 computes everything "
-                   "and reproduces the full model exactly.")
+                   "and reproduces the full model exactly. Shows its images in the node, upscaled (nearest).")
     CATEGORY = "NitroGen"
     FUNCTION = "generate"
+    # It shows its final images itself (below), so Loader -> Sampler is a complete graph ComfyUI runs.
+    OUTPUT_NODE = True
     RETURN_TYPES = ("IMAGE", "NITROGEN_COMPUTE")
     RETURN_NAMES = ("images", "compute")
     OUTPUT_TOOLTIPS = ("The generated images, at the model's resolution (32x32 for the bundled model).",
@@ -140,4 +144,8 @@ class NitroGenAdaptiveSampler:
         }
 
     def generate(self, model, seed, label, batch_size, steps, cfg, threshold, budget):
-        return run_sampler(model, seed, label, batch_size, steps, cfg, threshold, budget)
+        images, record, shown = run_sampler(model, seed, label, batch_size, steps, cfg, threshold, budget)
+        # The final images, drawn in the node as one grid like the step previews. ComfyUI keeps a
+        # node's "ui" in its cache and history and re-sends it when the node is cached
+        # (execution.py: execute), so they show after every run, not only after one that sampled.
+        return {"ui": {"images": [_comfy.save_temp_png(shown, "nitrogen_samples")]}, "result": (images, record)}

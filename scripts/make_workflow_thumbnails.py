@@ -6,8 +6,9 @@
 It runs each workflow's nodes through this pack's node classes, loaded the way ComfyUI loads a
 custom-node folder (by path), with minimal stand-ins for the few ComfyUI functions the nodes call.
 No ComfyUI is needed. The thumbnail lays out what the workflow shows in the frontend: the images
-of its PreviewImage/SaveImage nodes and of this pack's output nodes that preview their own result
-(NitroGen Compute Map), in canvas reading order, each captioned with the node title.
+of its PreviewImage/SaveImage nodes and of this pack's output nodes that show their own result
+(the Adaptive Sampler its images, the Compute Map its heatmaps), in canvas reading order, each
+captioned with the node title.
 
 Thumbnails must show what the model really does, so an untrained checkpoint (train steps 0) is
 refused unless --allow-untrained, which is for checking this script only.
@@ -105,8 +106,10 @@ def topological(workflow: dict) -> list[dict]:
 
 
 def shown_output(cls) -> int | None:
-    """The output slot an output node of this pack previews itself (its IMAGE result, saved as
-    `ui.images`), or None. The frontend draws these in the node, like a PreviewImage."""
+    """The output slot an output node of this pack shows itself (its IMAGE result, saved as
+    `ui.images`: the sampler's images as one grid, the Compute Map's heatmaps), or None. The
+    frontend draws these in the node, like a PreviewImage. tests/test_nodes.py checks that exactly
+    these nodes return `ui.images`."""
     if getattr(cls, "OUTPUT_NODE", False) and "IMAGE" in cls.RETURN_TYPES:
         return list(cls.RETURN_TYPES).index("IMAGE")
     return None

@@ -109,8 +109,9 @@ def test_nodes_and_templates_are_served(server):
         assert _get(f"{server['url']}/api/workflow_templates/{PACK}/{quoted}.jpg")[:2] == b"\xff\xd8"
 
 
-def _run_prompt(server, prompt: dict) -> tuple[list[dict], float]:
-    """Post an API prompt, wait for it, return (its output images, seconds from start to success)."""
+def _run_prompt(server, prompt: dict) -> tuple[dict, float]:
+    """Post an API prompt, wait for it, return (its history outputs by node id, seconds from start
+    to success)."""
     prompt_id = _post(server["url"] + "/prompt", {"prompt": prompt})["prompt_id"]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -126,7 +127,7 @@ def _run_prompt(server, prompt: dict) -> tuple[list[dict], float]:
     stamps = {name: data.get("timestamp") for name, data in entry["status"].get("messages", [])}
     seconds = (stamps["execution_success"] - stamps["execution_start"]) / 1000 \
         if stamps.get("execution_success") and stamps.get("execution_start") else float("nan")
-    return [img for out in entry["outputs"].values() for img in out.get("images", [])], seconds
+    return entry["outputs"], seconds
 
 
 def _view(server, img: dict) -> Image.Image:
@@ -136,18 +137,41 @@ def _view(server, img: dict) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
+def _node_id(prompt: dict, class_type: str) -> str:
+    return next(k for k, v in prompt.items() if v["class_type"] == class_type)
+
+
 def test_basic_workflow_runs(server):
+    """Each output is shown once: the sampler's images by the sampler (one grid), the heatmaps by the
+    Compute Map. ComfyUI keeps the sampler's "ui" in the history, also when a rerun finds it cached."""
     script = _thumbnail_script()
     workflow = json.loads((WORKFLOWS / f"{BASIC}.json").read_text())
     pack = script.load_pack()
     prompt = script.to_api_prompt(workflow, pack.NODE_CLASS_MAPPINGS,
                                   overrides={"NitroGenLoader": {"ckpt_name": "tiny-test.safetensors"},
                                              "NitroGenAdaptiveSampler": {"label": "a", "steps": 4}})
-    images, _ = _run_prompt(server, prompt)
-    batch = next(v for v in prompt.values() if v["class_type"] == "NitroGenAdaptiveSampler")["inputs"]["batch_size"]
-    sizes = sorted(_view(server, img).size for img in images)
-    upscaled = [s for s in sizes if s == (16 * 8, 16 * 8)]           # tiny is 16 px; ImageScaleBy x8
-    assert len(upscaled) == batch and len(sizes) == 2 * batch, sizes  # the images once, the heatmaps once
+    sampler, cmap = _node_id(prompt, "NitroGenAdaptiveSampler"), _node_id(prompt, "NitroGenComputeMap")
+    batch = prompt[sampler]["inputs"]["batch_size"]
+    outputs, _ = _run_prompt(server, prompt)
+    assert set(outputs) == {sampler, cmap}, sorted(outputs)
+    (grid,) = outputs[sampler]["images"]
+    assert _view(server, grid).size == (512, 512)                 # tiny is 16 px: 2x2 of them, nearest x16
+    assert len(outputs[cmap]["images"]) == batch
+
+    again, _ = _run_prompt(server, prompt)                         # the same prompt: every node cached
+    assert again[sampler]["images"] == [grid] and again[cmap] == outputs[cmap]
+
+
+def test_loader_and_sampler_alone_run(server):
+    """The sampler is an output node (it shows its images), so ComfyUI runs a graph that ends in it."""
+    prompt = {"1": {"class_type": "NitroGenLoader",
+                    "inputs": {"ckpt_name": "tiny-test.safetensors", "device": "auto", "dtype": "auto"}},
+              "2": {"class_type": "NitroGenAdaptiveSampler",
+                    "inputs": {"model": ["1", 0], "seed": 5, "label": "b", "batch_size": 1, "steps": 2, "cfg": 1.5,
+                               "threshold": 0.003, "budget": 1.0}}}
+    outputs, _ = _run_prompt(server, prompt)
+    (grid,) = outputs["2"]["images"]
+    assert _view(server, grid).size == (512, 512)                 # one 16 px image, nearest x32
 
 
 def test_shipped_workflow_on_bundled_checkpoint(server):
@@ -156,13 +180,16 @@ def test_shipped_workflow_on_bundled_checkpoint(server):
     workflow = json.loads((WORKFLOWS / f"{BASIC}.json").read_text())
     pack = script.load_pack()
     prompt = script.to_api_prompt(workflow, pack.NODE_CLASS_MAPPINGS)
-    images, seconds = _run_prompt(server, prompt)
-    batch = prompt[next(k for k, v in prompt.items() if v["class_type"] == "NitroGenAdaptiveSampler")]["inputs"]["batch_size"]
+    outputs, seconds = _run_prompt(server, prompt)
+    sampler = _node_id(prompt, "NitroGenAdaptiveSampler")
+    batch = prompt[sampler]["inputs"]["batch_size"]
     print(f"\nbasic workflow, bundled checkpoint: {seconds:.2f} s for {batch} images "
           f"({seconds / batch:.2f} s/image, ComfyUI --cpu, incl. model load on first use)")
-    samples = [_view(server, img) for img in images]
-    emoji = [im for im in samples if im.size == (32 * 8, 32 * 8)]   # shown through ImageScaleBy x8
-    assert len(emoji) == batch, [im.size for im in samples]
-    for im in emoji:                                             # a trained model draws: not flat, mostly white ground
-        arr = np.asarray(im.convert("RGB").resize((32, 32), Image.NEAREST), dtype=np.float32) / 255
-        assert arr.std() > 0.15 and (arr.min(axis=2) > 0.9).mean() > 0.2
+    (entry,) = outputs[sampler]["images"]
+    grid = _view(server, entry).convert("RGB")
+    assert batch == 4 and grid.size == (512, 512)                # 2x2 emoji of 32 px, nearest x8
+    for r in range(2):
+        for c in range(2):                                        # a trained model draws: not flat, mostly white ground
+            tile = grid.crop((c * 256, r * 256, (c + 1) * 256, (r + 1) * 256)).resize((32, 32), Image.NEAREST)
+            arr = np.asarray(tile, dtype=np.float32) / 255
+            assert arr.std() > 0.15 and (arr.min(axis=2) > 0.9).mean() > 0.2

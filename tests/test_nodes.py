@@ -81,6 +81,13 @@ def load_tiny(pack, **kw):
     return loader.load(kw.pop("ckpt_name", "tiny.safetensors"), kw.pop("device", "auto"), kw.pop("dtype", "auto"))[0]
 
 
+def generate(sampler, handle, **kw):
+    """The sampler's result (images, compute); its own preview ("ui") is checked in the pipeline test."""
+    out = sampler.generate(handle, **kw)
+    assert set(out) == {"ui", "result"}
+    return out["result"]
+
+
 def input_error(pack):
     return sub(pack, "nitrogen_core.errors").NitroGenInputError
 
@@ -121,6 +128,7 @@ def test_mappings_and_node_metadata(pack, comfy):
     m = pack.NODE_CLASS_MAPPINGS
     assert m["NitroGenAdaptiveSampler"].INPUT_TYPES()["required"]["seed"][1]["control_after_generate"] is True
     assert m["NitroGenComputeMap"].OUTPUT_NODE is True
+    assert m["NitroGenAdaptiveSampler"].OUTPUT_NODE is True           # it shows its images itself
     assert m["NitroGenLoader"].RETURN_TYPES == ("NITROGEN_MODEL",)
     assert m["NitroGenAdaptiveSampler"].RETURN_TYPES == ("IMAGE", "NITROGEN_COMPUTE")
     assert m["NitroGenComputeMap"].RETURN_TYPES == ("IMAGE", "STRING")
@@ -174,7 +182,8 @@ def test_loader_sampler_compute_map_pipeline(pack, comfy):
     assert handle.device == torch.device("cpu") and handle.dtype == torch.float32
     assert handle.checkpoint.labels == tuple(TINY_LABELS)
 
-    images, record = sampler.generate(handle, **SMALL)
+    out = sampler.generate(handle, **SMALL)
+    images, record = out["result"]
     assert images.shape == (2, 16, 16, 3) and images.dtype == torch.float32
     assert images.device == torch.device("cpu")
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
@@ -191,6 +200,20 @@ def test_loader_sampler_compute_map_pipeline(pack, comfy):
         assert kind == "JPEG" and isinstance(img, Image.Image) and img.mode == "RGB"
         assert isinstance(max_size, int) and max(img.size) <= max_size
     assert comfy.checks >= SMALL["steps"]                              # interrupt checked every step
+
+    # The node shows its final images itself: one PNG in the temp folder, the grid the step previews
+    # draw (2 images of 16 px side by side, nearest-upscaled x16 towards 512 px).
+    (entry,) = out["ui"]["images"]
+    assert set(out["ui"]) == {"images"} and entry["type"] == "temp" and entry["subfolder"] == ""
+    png = Image.open(comfy.temp_dir / entry["filename"])
+    assert png.format == "PNG" and png.size == (512, 256)
+    shown = np.asarray(png.convert("RGB")).astype(int)
+    expected = np.concatenate(list((images.numpy() * 255).round().astype(int)), axis=1)   # (16, 32, 3)
+    expected = expected.repeat(16, axis=0).repeat(16, axis=1)
+    assert np.abs(shown - expected).max() <= 1                         # <= 1: rounding order only
+    # The frontend keeps the last step preview over the node's own images after a run that sampled
+    # (useNodeOutputStore.getNodeImageUrls: previews first); it shows the same final images.
+    np.testing.assert_array_equal(np.asarray(comfy.progress[-1][3][1]), shown)
 
     out = cmap.render(record, "share", "inferno", 0.6, 256, image=images)
     heat, text = out["result"]
@@ -216,14 +239,14 @@ def test_loader_sampler_compute_map_pipeline(pack, comfy):
 def test_threshold_zero_is_full_compute_and_same_seed_is_deterministic(pack, comfy):
     handle = load_tiny(pack)
     _, sampler, _ = nodes(pack)
-    full_a, rec_full = sampler.generate(handle, **{**SMALL, "threshold": 0.0})
-    full_b, _ = sampler.generate(handle, **{**SMALL, "threshold": 0.0})
+    full_a, rec_full = generate(sampler, handle, **{**SMALL, "threshold": 0.0})
+    full_b, _ = generate(sampler, handle, **{**SMALL, "threshold": 0.0})
     assert torch.equal(full_a, full_b)
     # full compute: width 1.0, every patch, every step
     assert all(s.dense.all() and s.mask.all() for s in rec_full.steps)
     assert set(rec_full.widths) == {1.0} and rec_full.macs_used == rec_full.macs_full
     # any threshold above 0 also runs the checkpoint's width schedule (0.5 then 1.0 for tiny)
-    _, rec = sampler.generate(handle, **{**SMALL, "threshold": 1e-6})
+    _, rec = generate(sampler, handle, **{**SMALL, "threshold": 1e-6})
     assert rec.widths == (0.5, 0.5, 0.5, 1.0, 1.0, 1.0) and rec.macs_used < rec.macs_full
     # ... and bit-identical to the core's full sampler at width 1.0
     core = sub(pack, "nitrogen_core.sampler")
@@ -231,14 +254,14 @@ def test_threshold_zero_is_full_compute_and_same_seed_is_deterministic(pack, com
     ref = core.sample(ck.model, core.make_noise(ck.config, 2, SMALL["seed"]), torch.full((2,), 1),
                       core.SamplerSettings(steps=SMALL["steps"], cfg=SMALL["cfg"], mode="full"), width_schedule=(1.0,))
     assert torch.equal(full_a, ((ref.images + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
-    other, _ = sampler.generate(handle, **{**SMALL, "threshold": 0.0, "seed": 4})
+    other, _ = generate(sampler, handle, **{**SMALL, "threshold": 0.0, "seed": 4})
     assert not torch.equal(other, full_a)
 
 
 def test_budget_is_respected(pack, comfy):
     handle = load_tiny(pack)
     _, sampler, _ = nodes(pack)
-    _, record = sampler.generate(handle, **{**SMALL, "threshold": 0.0, "budget": 0.6})
+    _, record = generate(sampler, handle, **{**SMALL, "threshold": 0.0, "budget": 0.6})
     assert record.macs_used_per_image.max() <= 0.6 * record.macs_full
 
 
@@ -255,7 +278,7 @@ def test_least_budget_offered_runs_on_the_bundled_checkpoint(pack, comfy, monkey
     budget = sampler.INPUT_TYPES()["required"]["budget"][1]
     steps = sampler.INPUT_TYPES()["required"]["steps"][1]["default"]
     label = handle.checkpoint.labels[0]
-    _, record = sampler.generate(handle, **{**SMALL, "label": label, "batch_size": 1, "steps": steps,
+    _, record = generate(sampler, handle, **{**SMALL, "label": label, "batch_size": 1, "steps": steps,
                                             "threshold": 0.003, "budget": budget["min"]})
     assert record.macs_used_per_image.max() <= budget["min"] * record.macs_full
     assert max(record.widths) < 1.0
@@ -374,14 +397,15 @@ def test_half_precision_loads_or_fails_clearly(pack, comfy, dtype):
     except input_error(pack) as exc:
         assert "cannot sample in" in str(exc) and "use dtype fp32" in str(exc)
         return
-    images, _ = sampler.generate(handle, **SMALL)
+    images, _ = generate(sampler, handle, **SMALL)
     assert images.dtype == torch.float32 and images.shape == (2, 16, 16, 3)
 
 
 def test_bad_compute_map_inputs(pack, comfy):
     handle = load_tiny(pack)
     _, sampler, cmap = nodes(pack)
-    images, record = sampler.generate(handle, **SMALL)
+    images, record = generate(sampler, handle, **SMALL)
+    saved = set(comfy.temp_dir.iterdir())                              # the sampler's own preview
     err = input_error(pack)
     with pytest.raises(err, match=r"image batch size 1 does not match the compute record's batch size 2"):
         cmap.render(record, "share", "inferno", 0.6, 256, image=images[:1])
@@ -393,7 +417,7 @@ def test_bad_compute_map_inputs(pack, comfy):
         cmap.render(record, "share", "inferno", 0.6, 5000)
     with pytest.raises(err, match=r"connect a NitroGen Adaptive Sampler"):
         cmap.render(images, "share", "inferno", 0.6, 256)
-    assert not comfy.temp_dir.exists() or not any(comfy.temp_dir.iterdir())
+    assert set(comfy.temp_dir.iterdir()) == saved                      # a failed render writes nothing
 
 
 # -- example workflows ------------------------------------------------------------------
@@ -494,6 +518,12 @@ def test_example_workflow_runs_on_tiny(path, pack, comfy, runner):
     for ui in run["ui"].values():
         for entry in ui["images"]:
             assert (comfy.temp_dir / entry["filename"]).is_file()
+    # The runner (and test_workflows' "each output shown once") counts as a display exactly the
+    # nodes that do send images to the frontend.
+    classes = pack.NODE_CLASS_MAPPINGS
+    showing = {n["id"] for n in wf["nodes"]
+               if n["type"] in classes and runner.shown_output(classes[n["type"]]) is not None}
+    assert {node_id for node_id, ui in run["ui"].items() if ui and ui.get("images")} == showing
     thumb = runner.thumbnail(run["previews"])
     assert thumb.height >= runner.PANEL_HEIGHT + 24 and thumb.width > runner.PANEL_HEIGHT
 
@@ -508,7 +538,5 @@ def test_api_prompt_of_basic_workflow(pack, comfy, runner):
     assert set(s) == {"model", "seed", "label", "batch_size", "steps", "cfg", "threshold", "budget"}
     assert prompt["3"]["class_type"] == "NitroGenComputeMap"
     assert prompt["3"]["inputs"]["compute"] == ["2", 1] and prompt["3"]["inputs"]["image"] == ["2", 0]
-    assert prompt["4"] == {"class_type": "ImageScaleBy",
-                           "inputs": {"image": ["2", 0], "upscale_method": "nearest-exact", "scale_by": 8.0}}
-    assert prompt["5"] == {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}
+    assert set(prompt) == {"1", "2", "3"}                             # the sampler shows its images itself
     json.dumps(prompt)                                                 # serialisable as the /prompt body

@@ -13,11 +13,18 @@ before and after a run, and looking at screenshots.
   description a user sees. `extra.info` keeps a longer sentence for people reading the JSON.
 - The frontend draws a node's title bar above `pos` (LiteGraph.NODE_TITLE_HEIGHT).
 - A node that shows images gets an image-preview widget (minimum height 220) and grows to its
-  computeSize() if smaller; the sampler shows its step preview that way while it runs. A size in
-  the JSON at least that minimum is drawn as it is, before and after a run.
+  computeSize() if smaller. A size in the JSON at least that minimum is drawn as it is, before and
+  after a run.
+- The sampler shows its images itself, as one nearest-upscaled grid: its step previews while it
+  samples, then its final images (its "ui"), which ComfyUI re-sends when the sampler is cached.
+  After a run that sampled, the frontend keeps drawing the last step preview instead
+  (useNodeOutputStore.getNodeImageUrls returns step previews first); that preview is the same
+  final grid (tests/test_nodes.py). Measured both ways: the same minimum size and image area.
 - Images are drawn in the area under the widgets, in the grid that shows them largest, never
   above their own size (scripts/ui/imagePreview.ts: calculateImageGrid); 15 px stay free for the
-  "W x H" caption. A 32 px emoji is drawn 32 px wide, hence ImageScaleBy (nearest-exact, x8).
+  "W x H" caption. A 32 px emoji is drawn 32 px wide, so whatever shows one must upscale it
+  (the sampler's grid is upscaled by nearest towards 512 px; ImageScaleBy nearest-exact x8 does
+  it for a Preview Image).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from comfy_stub import REPO, load_pack, make_stub, unload_pack
 
@@ -48,7 +56,7 @@ CANVAS = (1600, 860)         # the view stored in extra.ds shows the whole graph
 # widgets it had then. A node type or widget list not listed here needs measuring again.
 MEASURED = {
     "NitroGenLoader": {"min": (210, 106), "widgets": ("ckpt_name", "device", "dtype")},
-    "NitroGenAdaptiveSampler": {"min": (210, 470), "preview_y": 238,       # its step preview
+    "NitroGenAdaptiveSampler": {"min": (210, 470), "preview_y": 238,       # its images grid
                                 "widgets": ("seed", "control_after_generate", "label", "batch_size", "steps",
                                             "cfg", "threshold", "budget")},
     "NitroGenComputeMap": {"min": (210, 374), "preview_y": 142, "widgets": ("mode", "colormap", "alpha", "size")},
@@ -176,6 +184,8 @@ def test_opening_view_shows_the_whole_graph(path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_each_output_image_is_shown_once(path, pack):
+    """A display is a Preview/Save Image (through any ImageScaleBy) or a node of this pack that shows
+    its own IMAGE output: the sampler its images, the Compute Map its heatmaps (runner.displays)."""
     wf = _load(path)
     classes = pack.NODE_CLASS_MAPPINGS
     shown = {}
@@ -199,20 +209,41 @@ def runs(pack, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         for name, module in stub.modules.items():
             mp.setitem(sys.modules, name, module)
-        yield {path: runner.run_workflow(_load(path), pack.NODE_CLASS_MAPPINGS,
-                                         {"NitroGenAdaptiveSampler": {"steps": 2}})
+        yield {path: {**runner.run_workflow(_load(path), pack.NODE_CLASS_MAPPINGS,
+                                            {"NitroGenAdaptiveSampler": {"steps": 2}}),
+                      "temp_dir": stub.temp_dir}
                for path in WORKFLOWS}
+
+
+def shown_files(run: dict, node_id: int, images) -> tuple[int, int, int, int, int]:
+    """What the frontend loads into a node: (files, width, height, grid columns, grid rows). A node of
+    this pack draws the PNGs it sends as "ui" (the sampler: one near-square grid of all its images,
+    like its step previews); a Preview Image gets one PNG per image."""
+    count = images.shape[0]
+    ui = (run["ui"].get(node_id) or {}).get("images")
+    if not ui:
+        return count, images.shape[2], images.shape[1], 1, 1
+    sizes = {Image.open(run["temp_dir"] / entry["subfolder"] / entry["filename"]).size for entry in ui}
+    assert len(sizes) == 1, f"node {node_id} sends PNGs of different sizes {sizes}"
+    (width, height), per_file = sizes.pop(), count // len(ui)
+    cols = math.ceil(math.sqrt(per_file))
+    return len(ui), width, height, cols, math.ceil(per_file / cols)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_images_are_drawn_at_a_readable_size(path, runs):
     nodes = {n["id"]: n for n in _load(path)["nodes"]}
-    previews = runs[path]["previews"]
-    assert previews, f"{path.name}: shows no image"
-    for node_id, caption, images in previews:
+    run = runs[path]
+    assert run["previews"], f"{path.name}: shows no image"
+    for node_id, caption, images in run["previews"]:
         count, height, width, _ = images.shape
-        w, h = drawn_image_size(nodes[node_id], count, width, height)
+        files, file_w, file_h, cols, rows = shown_files(run, node_id, images)
+        assert file_w * rows * height == file_h * cols * width, (
+            f"{path.name}: {caption!r} sends {files} PNGs of {file_w}x{file_h} px, not a {cols}x{rows} grid "
+            f"of its {width}x{height} px images")
+        w, h = drawn_image_size(nodes[node_id], files, file_w, file_h)
+        w, h = w / cols, h / rows                                    # one image of the grid
         assert min(w, h) >= MIN_SHOWN_PX, (
-            f"{path.name}: {caption!r} draws {count} images of {width}x{height} px at {w:.0f}x{h:.0f} px; "
-            f"at least {MIN_SHOWN_PX} px wanted (upscale them, e.g. ImageScaleBy nearest-exact x8, or enlarge "
-            "the node)")
+            f"{path.name}: {caption!r} draws its {count} images of {width}x{height} px at {w:.0f}x{h:.0f} px "
+            f"each; at least {MIN_SHOWN_PX} px wanted (upscale them, e.g. ImageScaleBy nearest-exact x8, or "
+            "enlarge the node)")
