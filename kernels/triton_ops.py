@@ -184,6 +184,7 @@ def gather(src: torch.Tensor, img: torch.Tensor, by: torch.Tensor, bx: torch.Ten
     n, C = img.numel(), src.shape[3]
     out = torch.empty(n, size, size, C, device=src.device, dtype=src.dtype)
     if n:
+        img, by, bx = img.contiguous(), by.contiguous(), bx.contiguous()     # the kernel reads them densely
         if scale is not None:
             scale, shift = scale.contiguous(), shift.contiguous()
         _launch_gather(src, out, img, by, bx, scale, shift, size, step, offset, border)
@@ -195,6 +196,7 @@ def scatter(dst: torch.Tensor, y: torch.Tensor, img: torch.Tensor, by: torch.Ten
     """See torch_ref.scatter. dst (B, Hd, Wd, C), any strides; y, residual (n, C, b, b)."""
     if img.numel() == 0:
         return
+    img, by, bx = img.contiguous(), by.contiguous(), bx.contiguous()
     y = y.permute(0, 2, 3, 1).contiguous()                  # (n, b, b, C): free for channels-last y
     if residual is not None:
         residual = residual.permute(0, 2, 3, 1).contiguous()

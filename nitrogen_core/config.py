@@ -167,22 +167,24 @@ PRESETS: dict[str, NitroGenConfig] = {
         image_size=16, num_classes=3, backbone="dit", token_size=2, dit_dim=32, dit_depth=2, dit_heads=4,
         dit_mlp_ratio=2, patch_size=2, block_size=4, gate_channels=8,
     ),
-    # The transformer at 32 px: 3.75 M params (15.0 MB fp32 checkpoint), 154 M MACs per forward,
-    # 4 px tokens (64), width 192, depth 6, 4 heads of 48 (widths run 1/2/3/4 heads), MLP 3x.
-    # Chosen by a training-throughput probe (`bench kernels --train-probe --threads 1 --repeats 5`:
-    # forward+backward, batch 32, 1 thread, on a machine loaded by other jobs, so absolute figures
-    # are low; the ratios are what matter):
-    #   4 px tokens, MLP 3x: 3.74 M, 154 M MACs, 28.2 img/s   <- this preset
-    #   4 px tokens, MLP 4x: 4.19 M, 182 M MACs, 26.6 img/s   (16.8 MB fp32: over the 16 MB limit)
-    #   2 px tokens, MLP 3x: 3.73 M, 720 M MACs,  6.1 img/s   (4.6x slower: 4x the tokens, N^2 attention)
-    #   2 px tokens, width 128: 1.67 M, 354 M MACs, 10.4 img/s
-    #   U-Net emoji32:       2.52 M, 559 M MACs, 11.6 img/s   (reference)
-    # 2 px tokens cost 4.6x the training time per image and 4.7x the MACs per sampling step; PROBES.md's
-    # faint 4 px seams are not worth that here, untested whether training removes them.
+    # The transformer at 32 px: 3.45 M params (13.8 MB fp32 checkpoint), 181 M MACs per forward,
+    # 4 px tokens (64), width 192, depth 6, 4 heads of 48 (widths run 1/2/3/4 heads), MLP 4x,
+    # adaLN-single. Chosen by a training-throughput probe (`bench kernels --train-probe --threads 1
+    # --repeats 5`: forward+backward, batch 32, 1 thread, median; the machine was shared with
+    # other jobs, so compare ratios, not absolute figures):
+    #   4 px tokens, MLP 4x: 3.45 M, 181 M MACs, 63.0 img/s   <- this preset (PROBES.md's quality point)
+    #   4 px tokens, MLP 3x: 3.01 M, 153 M MACs, 74.4 img/s
+    #   2 px tokens, MLP 3x: 2.99 M, 719 M MACs, 13.4 img/s   (5.5x slower: 4x the tokens, N^2 attention)
+    #   2 px tokens, width 128: 1.34 M, 353 M MACs, 25.8 img/s
+    #   U-Net emoji32:       2.52 M, 559 M MACs, 24.7 img/s   (reference)
+    # 2 px tokens cost 4-5x the training time per image and the MACs per sampling step; PROBES.md's
+    # faint seams at 4 px are not worth that here (whether they persist is a quality question,
+    # unmeasured). MLP 4x is the size PROBES.md measured quality for (FID 4.62 vs the U-Net's 5.56);
+    # it fits the 16 MB limit since adaLN-single (per-block adaLN: 4.19 M, 16.8 MB).
     # Units are single tokens (block 4 px, 64 per image): the finest grid token-sparse execution
-    # can skip, and the gate's patch equals it (its cost, ~0.5 M MACs, is 0.3% of a forward).
+    # can skip; the gate's patch equals it (its cost, 0.5 M MACs, is 0.3% of a forward).
     "emoji32-dit": NitroGenConfig(
-        backbone="dit", token_size=4, dit_dim=192, dit_depth=6, dit_heads=4, dit_mlp_ratio=3,
+        backbone="dit", token_size=4, dit_dim=192, dit_depth=6, dit_heads=4, dit_mlp_ratio=4,
         patch_size=4, block_size=4,
     ),
 }

@@ -119,6 +119,7 @@ def dense_forward_rows(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: torch
 class _Active:
     """Which tokens a sparse step computes, rows ordered by (sample, unit, token)."""
     rows: torch.Tensor      # (S,) samples with work, ascending
+    img: torch.Tensor       # (n,) each token's sample
     slot: torch.Tensor      # (n,) each token's position in `rows`
     tok: torch.Tensor       # (n,) token index inside its sample
     flat: torch.Tensor      # (n,) row into a (B * N, .) view of a cache tensor
@@ -140,7 +141,7 @@ def active_tokens(blocks: torch.Tensor, per_unit: int, tokens: int) -> _Active:
     starts = torch.cumsum(counts, 0) - counts
     pos = torch.arange(len(tok), device=dev) - starts[slot]
     uniform = len(rows) > 0 and bool((counts == counts[0]).all())
-    return _Active(rows, slot, tok, img * tokens + tok, pos, counts, uniform)
+    return _Active(rows, img, slot, tok, img * tokens + tok, pos, counts, uniform)
 
 
 def grouped_attention(q: torch.Tensor, kv: torch.Tensor, act: _Active, heads: int) -> torch.Tensor:
@@ -170,17 +171,26 @@ def sparse_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: torch.Ten
     p, g = cfg.token_size, unit_group(cfg, H, W)
     N = cache.out.shape[1]
     macs = torch.zeros(B, dtype=torch.int64)
+    if bool(blocks.all()):
+        # Every unit active: the dense forward is the same computation (equal within float noise),
+        # without the gathers and index updates (measured 1.14x dense through the sparse path).
+        rows = torch.arange(B, device=x.device)
+        _, macs = dense_forward_rows(dit, x, t, labels, cache, rows)
+        return unpatchify(cache.out, C, H, W, p, g), macs
     act = active_tokens(blocks, g * g, N)
     if len(act.tok) == 0:
         return unpatchify(cache.out, C, H, W, p, g), macs
     k = load_kernels().backend_for(x.device.type)
     slot = act.slot
     with torch.no_grad():
-        tokens = patchify(x, p, g).reshape(B * N, -1).index_select(0, act.flat)   # (n, C p p)
+        ty, tx = dit.coords(H, W, g)[act.tok].t().contiguous()                           # (n,) each, token units
+        tokens = k.gather(x.permute(0, 2, 3, 1), act.img, ty, tx, size=p, step=p, offset=0)   # (n, C, p, p)
+        tokens = tokens.reshape(len(act.tok), -1)                                   # (n, C p p): patchify's layout
         h = F.linear(tokens, dit.patch.weight, dit.patch.bias) + dit.positions(H, W, g)[act.tok]   # (n, D)
         cs = dit.embed(t[act.rows], labels[act.rows])                             # (S, D)
+        ada = dit.ada(cs)                                                           # (S, 4 D)
         for i, block in enumerate(dit.blocks):
-            cond = block.conditioning(cs, width)
+            cond = block.conditioning(cs, ada, width)
             iw = block.attn.inner_at(width)
             if cache.inputs is not None:
                 cache.inputs[i].view(B * N, -1).index_copy_(0, act.flat, h)
@@ -217,12 +227,13 @@ def masked_dense_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: tor
     keep = blocks.reshape(B, -1).repeat_interleave(g * g, 1)[:, :, None]         # (B, N, 1)
     with torch.no_grad():
         cs = dit.embed(t, labels)
+        ada = dit.ada(cs)
         h = dit.patch(patchify(x, p, g)) + dit.positions(H, W, g)                 # (B, N, D)
         for i, block in enumerate(dit.blocks):
             h = torch.where(keep, h, cache.inputs[i])
             cache.inputs[i].copy_(h)
             kv = []
-            h = block(h, block.conditioning(cs, width), width, keep=lambda k, v: kv.append(torch.cat([k, v], -1)))
+            h = block(h, block.conditioning(cs, ada, width), width, keep=lambda k, v: kv.append(torch.cat([k, v], -1)))
             cache.kv[i].copy_(torch.where(keep, kv[0], cache.kv[i]))
         shift, scale = dit.out_conditioning(cs)
         out = dit.head(dit.norm_out(h, width) * (1 + scale[:, None]) + shift[:, None])

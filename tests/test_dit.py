@@ -91,7 +91,8 @@ def test_mac_formula_by_hand():
     for width, heads in [(1.0, 4), (0.75, 3), (0.5, 2), (0.25, 1)]:
         I, H = 8 * heads, round(width * hid)
         per_sample = (D * D + D * D                    # time MLP
-                      + depth * (D * 2 * I + D * 4 * D)  # per block: q/v time terms, adaLN gates + modulation
+                      + depth * D * 2 * I              # per block: q and v time terms
+                      + D * 4 * D                      # shared adaLN: gates + MLP modulation of every block
                       + D * 2 * D)                     # final adaLN
         per_token = (P * D                             # patch embedding
                      + depth * (3 * D * I              # q, k, v

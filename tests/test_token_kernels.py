@@ -79,3 +79,15 @@ def test_triton_gated_add_refuses_strided_destination():
     h = torch.zeros(4, 6)[:, ::2]
     with pytest.raises(ValueError, match="contiguous channels"):
         K.backends()["triton"].gated_add(h, torch.zeros(4, 3), torch.zeros(1, 3), torch.zeros(4, dtype=torch.long))
+
+
+@needs_triton
+def test_triton_gather_takes_strided_index_vectors():
+    """The token executor passes (row, col) columns of a coordinate table: strided index vectors."""
+    x = torch.randn(2, 3, 8, 8)
+    coords = torch.tensor([[0, 1], [3, 2], [1, 1]])
+    img = torch.tensor([0, 1, 1])
+    kw = dict(size=2, step=2, offset=0)
+    want = ref.gather(x.permute(0, 2, 3, 1), img, coords[:, 0], coords[:, 1], **kw)
+    got = K.backends()["triton"].gather(x.permute(0, 2, 3, 1), img, coords[:, 0], coords[:, 1], **kw)
+    assert_close(got, want, torch.float32, "gather with strided indices")
