@@ -240,3 +240,29 @@ def test_bundled_unet_checkpoint_still_loads():
     assert ck.config.backbone == "unet" and ck.model.net is ck.model.unet
     assert set(ck.model.state_dict()) == set(head["tensors"])
     assert math.isclose(ck.n_params, head["n_elements"])
+
+
+# -- training: the same two commands train either backbone --------------------------------------------
+
+def test_teacher_and_student_train_a_dit(tmp_path):
+    """`train teacher --preset tiny-dit`, then `train student`: a few steps each, a loadable DiT
+    student whose weights moved, with a width schedule, a trained gate and a threshold."""
+    from conftest import write_disc_dataset
+    from nitrogen_core.train.student import StudentSettings, train_student
+    from nitrogen_core.train.teacher import TeacherSettings, train_teacher
+    data = write_disc_dataset(tmp_path / "data", 4, lambda i: (5 + 2 * i, 8))
+    teacher = train_teacher(TeacherSettings(data=str(data), out_dir=str(tmp_path / "t"), preset="tiny-dit", steps=3,
+                                            batch=4, warmup=1, sample_every=10_000, save_every=1))
+    assert teacher["done"] and isinstance(teacher["net"], DiT)
+    t_ck = load_checkpoint(tmp_path / "t" / "teacher.safetensors")
+    assert t_ck.config.backbone == "dit" and t_ck.kind == "teacher"
+    assert not torch.equal(t_ck.model.dit.head.weight, torch.zeros_like(t_ck.model.dit.head.weight))  # it trained
+    result = train_student(StudentSettings(teacher=str(tmp_path / "t" / "teacher.safetensors"), data=str(data),
+                                           out_dir=str(tmp_path / "s"), steps=2, batch=4, warmup=1,
+                                           sample_every=10_000, gate_trajectories=4, gate_steps=5,
+                                           sample_steps=6, tau_images=6))
+    s_ck = load_checkpoint(tmp_path / "s" / "student.safetensors")
+    assert s_ck.config.backbone == "dit" and s_ck.kind == "student" and isinstance(result["net"], DiT)
+    assert len(s_ck.width_schedule) == 4 and "threshold" in s_ck.sampler
+    moved = [not torch.equal(a, b) for a, b in zip(s_ck.model.dit.parameters(), t_ck.model.dit.parameters())]
+    assert any(moved)
