@@ -17,7 +17,8 @@ The output head is zero-initialised, so an untrained net predicts 0, like the U-
 TMSA (DiffiT, Hatamizadeh et al. 2023, eq. 3-5): q = x W_qs + c W_qt, k = x W_ks + c W_kt,
 v = x W_vs + c W_vt. Two exact simplifications follow from softmax:
 - c W_kt adds q . (c W_kt) to every score of a query, the same for all its keys; softmax is
-  shift-invariant, so the term has no effect and is left out (as is nothing else: k keeps its bias).
+  shift-invariant, so the term has no effect (nor gradient) and is left out. (The key bias cancels
+  the same way; it is kept only because nn.Linear carries it.)
 - softmax weights sum to 1, so softmax(q K^T) (V_s + 1 (c W_vt)^T) = softmax(q K^T) V_s + c W_vt:
   the value's time term is added once to the attention output.
 So a cache of the spatial keys and values (x W_ks, x W_vs) serves any later step exactly: the
