@@ -251,16 +251,16 @@ def test_teacher_and_student_train_a_dit(tmp_path):
     from nitrogen_core.train.student import StudentSettings, train_student
     from nitrogen_core.train.teacher import TeacherSettings, train_teacher
     data = write_disc_dataset(tmp_path / "data", 4, lambda i: (5 + 2 * i, 8))
-    teacher = train_teacher(TeacherSettings(data=str(data), out_dir=str(tmp_path / "t"), preset="tiny-dit", steps=3,
+    teacher = train_teacher(TeacherSettings(data=str(data), out_dir=str(tmp_path / "t"), preset="tiny-dit", steps=2,
                                             batch=4, warmup=1, sample_every=10_000, save_every=1))
     assert teacher["done"] and isinstance(teacher["net"], DiT)
     t_ck = load_checkpoint(tmp_path / "t" / "teacher.safetensors")
     assert t_ck.config.backbone == "dit" and t_ck.kind == "teacher"
     assert not torch.equal(t_ck.model.dit.head.weight, torch.zeros_like(t_ck.model.dit.head.weight))  # it trained
     result = train_student(StudentSettings(teacher=str(tmp_path / "t" / "teacher.safetensors"), data=str(data),
-                                           out_dir=str(tmp_path / "s"), steps=2, batch=4, warmup=1,
-                                           sample_every=10_000, gate_trajectories=4, gate_steps=5,
-                                           sample_steps=6, tau_images=6))
+                                           out_dir=str(tmp_path / "s"), steps=1, batch=4, warmup=1,
+                                           sample_every=10_000, gate_trajectories=2, gate_steps=2,
+                                           sample_steps=4, tau_images=3))
     s_ck = load_checkpoint(tmp_path / "s" / "student.safetensors")
     assert s_ck.config.backbone == "dit" and s_ck.kind == "student" and isinstance(result["net"], DiT)
     assert len(s_ck.width_schedule) == 4 and "threshold" in s_ck.sampler
