@@ -5,6 +5,8 @@ Import this package only as ``nitrogen_kernels`` (see ``nitrogen_core/_kernels.p
 - ``gather``: active windows (block + halo) of a bordered (B, H, W, C) buffer (channels-last, or an
   NCHW tensor seen through permute) into (n, C, s, s), with optional fused GroupNorm affine + SiLU.
 - ``scatter``: block outputs into a cached (B, H, W, C) buffer, with optional fused residual add.
+- ``ln_modulate``: LayerNorm + affine + per-sample adaLN modulation of rows of active tokens.
+- ``gated_add``: the transformer's gated residual add, h += (1 + gate[img]) * y, in place.
 
 Backends: ``torch`` (reference, every device; torch_ref.py) and ``triton`` (CUDA; triton_ops.py,
 also runnable on CPU tensors under ``TRITON_INTERPRET=1``, which is how the tests verify it). The

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 PREDICTIONS = ("eps", "v")
+BACKBONES = ("unet", "dit")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class NitroGenConfig:
     image_size: int = 32
     in_channels: int = 3
     num_classes: int = 9                      # + 1 null class for CFG, index == num_classes
+    backbone: str = "unet"                    # "unet" (model/unet.py) or "dit" (model/dit.py)
     # U-Net
     base_channels: int = 48
     channel_mult: tuple[int, ...] = (1, 2, 2)  # one entry per resolution level
@@ -27,6 +29,12 @@ class NitroGenConfig:
     head_channels: int = 32                   # channels per attention head (heads scale with width)
     group_channels: int = 4                   # channels per GroupNorm group, fixed across widths
     widths: tuple[float, ...] = WIDTHS        # selectable width multipliers
+    # DiT (backbone "dit"): a width keeps ceil(w * heads) heads and round(w * hidden) MLP units
+    token_size: int = 4                       # token edge in image pixels
+    dit_dim: int = 192                        # residual stream channels (full at every width)
+    dit_depth: int = 6                        # transformer blocks
+    dit_heads: int = 4                        # attention heads at width 1.0 (head size dit_dim // dit_heads)
+    dit_mlp_ratio: int = 4                    # MLP hidden units = dit_mlp_ratio * dit_dim
     # diffusion
     prediction: str = "v"                     # "eps" or "v"
     train_timesteps: int = 1000
@@ -38,9 +46,8 @@ class NitroGenConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        n_levels = len(self.channel_mult)
-        if self.image_size % (2 ** (n_levels - 1)) != 0:
-            problems.append(f"image_size={self.image_size} is not divisible by 2**(levels-1)={2 ** (n_levels - 1)}")
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone={self.backbone!r} is not one of {BACKBONES}")
         if self.prediction not in PREDICTIONS:
             problems.append(f"prediction={self.prediction!r} is not one of {PREDICTIONS}")
         if not self.widths or any(w not in WIDTHS for w in self.widths) or 1.0 not in self.widths:
@@ -52,6 +59,17 @@ class NitroGenConfig:
             problems.append(f"patch_size={ps} must be a power of two >= 2 dividing image_size={self.image_size}")
         if bs % ps or self.image_size % bs:
             problems.append(f"block_size={bs} must be a multiple of patch_size={ps} and divide image_size={self.image_size}")
+        if self.backbone == "unet":
+            problems += self._unet_problems()
+        elif self.backbone == "dit":
+            problems += self._dit_problems()
+        if problems:
+            raise ValueError("invalid NitroGen config: " + "; ".join(problems))
+
+    def _unet_problems(self) -> list[str]:
+        problems, n_levels, bs = [], len(self.channel_mult), self.block_size
+        if self.image_size % (2 ** (n_levels - 1)) != 0:
+            problems.append(f"image_size={self.image_size} is not divisible by 2**(levels-1)={2 ** (n_levels - 1)}")
         for lvl in (*self.sparse_levels, *self.attn_levels):
             if not 0 <= lvl < n_levels:
                 problems.append(f"level {lvl} is out of range for channel_mult={self.channel_mult}")
@@ -63,8 +81,20 @@ class NitroGenConfig:
         for c in self.level_channels(1.0):
             if c % self.group_channels:
                 problems.append(f"level channels {c} are not a multiple of group_channels={self.group_channels}")
-        if problems:
-            raise ValueError("invalid NitroGen config: " + "; ".join(problems))
+        return problems
+
+    def _dit_problems(self) -> list[str]:
+        problems, ts = [], self.token_size
+        if ts < 1 or self.image_size % ts or self.block_size % ts:
+            problems.append(f"token_size={ts} must be >= 1 and divide image_size={self.image_size} and "
+                            f"block_size={self.block_size} (a sparse unit is whole tokens)")
+        if self.dit_depth < 1 or self.dit_heads < 1 or self.dit_mlp_ratio < 1:
+            problems.append(f"dit_depth={self.dit_depth}, dit_heads={self.dit_heads} and "
+                            f"dit_mlp_ratio={self.dit_mlp_ratio} must be >= 1")
+        elif self.dit_dim < 4 or self.dit_dim % 4 or self.dit_dim % self.dit_heads:
+            problems.append(f"dit_dim={self.dit_dim} must be a multiple of 4 (2-D sincos positions) and of "
+                            f"dit_heads={self.dit_heads}")
+        return problems
 
     # -- derived sizes -------------------------------------------------------------
     def channels_at(self, full_channels: int, width: float) -> int:
@@ -132,6 +162,31 @@ PRESETS: dict[str, NitroGenConfig] = {
     # 8 keeps 16 decisions per image. The gate's patch equals the block, since execution
     # (and so the compute record) cannot be finer than a block.
     "emoji32": NitroGenConfig(),
+    # The transformer for tests: 16 px, 2 px tokens, 4 px units of 4 tokens, ~60 k params.
+    "tiny-dit": NitroGenConfig(
+        image_size=16, num_classes=3, backbone="dit", token_size=2, dit_dim=32, dit_depth=2, dit_heads=4,
+        dit_mlp_ratio=2, patch_size=2, block_size=4, gate_channels=8,
+    ),
+    # The transformer at 32 px: 3.45 M params (13.8 MB fp32 checkpoint), 181 M MACs per forward,
+    # 4 px tokens (64), width 192, depth 6, 4 heads of 48 (widths run 1/2/3/4 heads), MLP 4x,
+    # adaLN-single. Chosen by a training-throughput probe (`bench kernels --train-probe --threads 1
+    # --repeats 5`: forward+backward, batch 32, 1 thread, median; the machine was shared with
+    # other jobs, so compare ratios, not absolute figures):
+    #   4 px tokens, MLP 4x: 3.45 M, 181 M MACs, 63.0 img/s   <- this preset (PROBES.md's quality point)
+    #   4 px tokens, MLP 3x: 3.01 M, 153 M MACs, 74.4 img/s
+    #   2 px tokens, MLP 3x: 2.99 M, 719 M MACs, 13.4 img/s   (5.5x slower: 4x the tokens, N^2 attention)
+    #   2 px tokens, width 128: 1.34 M, 353 M MACs, 25.8 img/s
+    #   U-Net emoji32:       2.52 M, 559 M MACs, 24.7 img/s   (reference)
+    # 2 px tokens cost 4-5x the training time per image and the MACs per sampling step; PROBES.md's
+    # faint seams at 4 px are not worth that here (whether they persist is a quality question,
+    # unmeasured). MLP 4x is the size PROBES.md measured quality for (FID 4.62 vs the U-Net's 5.56);
+    # it fits the 16 MB limit since adaLN-single (per-block adaLN: 4.19 M, 16.8 MB).
+    # Units are single tokens (block 4 px, 64 per image): the finest grid token-sparse execution
+    # can skip; the gate's patch equals it (its cost, 0.5 M MACs, is 0.3% of a forward).
+    "emoji32-dit": NitroGenConfig(
+        backbone="dit", token_size=4, dit_dim=192, dit_depth=6, dit_heads=4, dit_mlp_ratio=4,
+        patch_size=4, block_size=4,
+    ),
 }
 
 

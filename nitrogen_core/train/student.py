@@ -85,7 +85,7 @@ def sandwich_widths(widths: tuple[float, ...], gen: torch.Generator) -> list[flo
     return [ws[0], ws[-1], middle[int(torch.randint(len(middle), (1,), generator=gen))]]
 
 
-def distill_step(student_unet, teacher_unet, x0, labels, schedule: Schedule, gen: torch.Generator,
+def distill_step(student_net, teacher_net, x0, labels, schedule: Schedule, gen: torch.Generator,
                  cfg: NitroGenConfig, gamma: float) -> dict[float, float]:
     """Forward/backward every sandwich width against the teacher's prediction; returns loss per width."""
     B = x0.shape[0]
@@ -94,11 +94,11 @@ def distill_step(student_unet, teacher_unet, x0, labels, schedule: Schedule, gen
     alpha, sigma = (v.view(B, 1, 1, 1) for v in schedule.alpha_sigma(t))
     x_t = alpha * x0 + sigma * eps
     with torch.no_grad():
-        target = teacher_unet(x_t, t.float(), labels, 1.0)
+        target = teacher_net(x_t, t.float(), labels, 1.0)
     weight = min_snr_weight(alpha.view(B), sigma.view(B), gamma, cfg.prediction)
     losses = {}
     for width in sandwich_widths(cfg.widths, gen):
-        pred = student_unet(x_t, t.float(), labels, width)
+        pred = student_net(x_t, t.float(), labels, width)
         loss = ((pred - target).square().mean(dim=(1, 2, 3)) * weight).mean()
         loss.backward()                              # gradients add up over the sandwich
         losses[width] = loss.item()
@@ -108,19 +108,19 @@ def distill_step(student_unet, teacher_unet, x0, labels, schedule: Schedule, gen
 # -- 2. width schedule -----------------------------------------------------------------------------
 
 @torch.no_grad()
-def guided_eps(unet, x: torch.Tensor, t: int, labels: torch.Tensor, width: float, cfg_scale: float,
+def guided_eps(net, x: torch.Tensor, t: int, labels: torch.Tensor, width: float, cfg_scale: float,
                schedule: Schedule, cfg: NitroGenConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """CFG-guided (eps, x0) of one dense forward, the same arithmetic as the sampler."""
     B = x.shape[0]
     alpha, sigma = schedule.alpha_sigma(t)
     null = torch.full_like(labels, cfg.num_classes)
-    out = unet(torch.cat([x, x]), torch.full((2 * B,), float(t)), torch.cat([labels, null]), width)
+    out = net(torch.cat([x, x]), torch.full((2 * B,), float(t)), torch.cat([labels, null]), width)
     cond, uncond = out.chunk(2)
     return split_prediction(uncond + cfg_scale * (cond - uncond), x, alpha, sigma, cfg.prediction)
 
 
 @torch.no_grad()
-def width_errors(student_unet, teacher_unet, cfg: NitroGenConfig, steps: int, cfg_scale: float,
+def width_errors(student_net, teacher_net, cfg: NitroGenConfig, steps: int, cfg_scale: float,
                  n: int, seed: int) -> dict[float, list[float]]:
     """RMS eps error of each width against the teacher, per sampling step, along teacher DDIM paths."""
     schedule = Schedule(cfg.train_timesteps)
@@ -129,9 +129,9 @@ def width_errors(student_unet, teacher_unet, cfg: NitroGenConfig, steps: int, cf
     labels = torch.arange(n) % cfg.num_classes
     errors = {w: [] for w in cfg.widths}
     for i, t in enumerate(timesteps):
-        eps_t, x0_t = guided_eps(teacher_unet, x, t, labels, 1.0, cfg_scale, schedule, cfg)
+        eps_t, x0_t = guided_eps(teacher_net, x, t, labels, 1.0, cfg_scale, schedule, cfg)
         for w in cfg.widths:
-            eps_w, _ = guided_eps(student_unet, x, t, labels, w, cfg_scale, schedule, cfg)
+            eps_w, _ = guided_eps(student_net, x, t, labels, w, cfg_scale, schedule, cfg)
             errors[w].append(float((eps_w - eps_t).square().mean().sqrt()))
         a_prev, s_prev = schedule.alpha_sigma(timesteps[i + 1] if i + 1 < steps else -1)
         x = a_prev * x0_t + s_prev * eps_t
@@ -165,7 +165,7 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
 
     Returns x (N, C, H, W), t (N,), eps_cached, eps_delta, target (N, Hp, Wp) over all gated steps.
     """
-    cfg, unet = model.config, model.unet
+    cfg, net = model.config, model.net
     schedule = Schedule(cfg.train_timesteps)
     timesteps = schedule.sampling_timesteps(steps)
     rng = random.Random(seed)
@@ -183,7 +183,7 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
         prev_width = None
         for i, t in enumerate(timesteps):
             width = width_for_step(width_schedule, i, steps)
-            fresh_eps, fresh_x0 = guided_eps(unet, x, t, labels, width, cfg_scale, schedule, cfg)
+            fresh_eps, fresh_x0 = guided_eps(net, x, t, labels, width, cfg_scale, schedule, cfg)
             dense = i < warmup or width != prev_width or (refresh and (i - warmup) % refresh == 0)
             if not dense:                              # this is a step the gate decides: record it
                 diff = (fresh_eps - eps_cached).square().mean(1, keepdim=True)          # (B, 1, H, W)
@@ -272,14 +272,14 @@ def train_student(s: StudentSettings) -> dict:
 
     teacher = teacher_ck.model
     student = NitroGenModel(cfg)
-    student.unet.load_state_dict(teacher.unet.state_dict())
+    student.net.load_state_dict(teacher.net.state_dict())
     ema = copy.deepcopy(student).requires_grad_(False).eval()
-    params = list(student.unet.parameters())
+    params = list(student.net.parameters())
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.99), weight_decay=0.0)
     schedule = Schedule(cfg.train_timesteps)
     x_all = data.as_float()
 
-    modules = {"model": student.unet, "ema": ema}
+    modules = {"model": student.net, "ema": ema}
     step, seconds = restore_run(run, modules, opt, d)
     if step and d.main:
         print(f"resuming {run.path} at distillation step {step}/{s.steps}", file=sys.stderr)
@@ -292,10 +292,10 @@ def train_student(s: StudentSettings) -> dict:
         idx = batch_indices(len(x_all), s.batch, step, s.seed, d)
         labels = drop_labels(data.labels[idx], cfg.num_classes, s.label_dropout, gen)
         opt.zero_grad(set_to_none=True)
-        losses = distill_step(student.unet, teacher.unet, x_all[idx], labels, schedule, gen, cfg, s.min_snr)
+        losses = distill_step(student.net, teacher.net, x_all[idx], labels, schedule, gen, cfg, s.min_snr)
         lr = learning_rate(step, s.steps, s.lr, s.warmup)
         optimizer_step(params, opt, lr, d)
-        ema_update(ema.unet, student.unet, step, s.ema)
+        ema_update(ema.net, student.net, step, s.ema)
         step += 1
         now = time.monotonic()
         seconds += now - last
@@ -317,11 +317,11 @@ def train_student(s: StudentSettings) -> dict:
     if step < s.steps:
         if d.main:
             print(f"stopped at distillation step {step}/{s.steps} (--minutes); rerun to continue", file=sys.stderr)
-        return {"step": step, "done": False, "unet": student.unet}
+        return {"step": step, "done": False, "net": student.net, "unet": student.net}   # "unet": old name
     if not d.main:                 # calibration and gate training are cheap: rank 0 does them
-        return {"step": step, "done": True, "unet": student.unet}
+        return {"step": step, "done": True, "net": student.net, "unet": student.net}
     result = _finish(s, run, ema, teacher, data, seconds)
-    result["unet"] = student.unet
+    result["net"] = result["unet"] = student.net
     return result
 
 
@@ -330,7 +330,7 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     cfg = student.config
     t0 = time.monotonic()
     print("measuring width errors along teacher trajectories", file=sys.stderr)
-    errors = width_errors(student.unet, teacher.unet, cfg, s.sample_steps, s.sample_cfg, n=16, seed=s.seed + 1)
+    errors = width_errors(student.net, teacher.net, cfg, s.sample_steps, s.sample_cfg, n=16, seed=s.seed + 1)
     schedule = Schedule(cfg.train_timesteps)
     step_weight, _ = image_weights(schedule, schedule.sampling_timesteps(s.sample_steps))
     width_schedule = choose_width_schedule(errors, step_weight, s.width_error_bound, SCHEDULE_SEGMENTS)

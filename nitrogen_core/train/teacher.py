@@ -53,7 +53,7 @@ def min_snr_weight(alpha: torch.Tensor, sigma: torch.Tensor, gamma: float, predi
     return snr.clamp(max=gamma) / (snr + (1.0 if prediction == "v" else 0.0)).clamp(min=1e-8)
 
 
-def diffusion_loss(unet, x0: torch.Tensor, labels: torch.Tensor, schedule: Schedule, gen: torch.Generator,
+def diffusion_loss(net, x0: torch.Tensor, labels: torch.Tensor, schedule: Schedule, gen: torch.Generator,
                    prediction: str, gamma: float, width: float = 1.0) -> torch.Tensor:
     """One noisy-sample regression loss. x0 (B, C, H, W) in [-1, 1]; labels may include the null class."""
     B = x0.shape[0]
@@ -63,7 +63,7 @@ def diffusion_loss(unet, x0: torch.Tensor, labels: torch.Tensor, schedule: Sched
     alpha, sigma = alpha.view(B, 1, 1, 1), sigma.view(B, 1, 1, 1)
     x_t = alpha * x0 + sigma * eps
     target = training_target(x0, eps, alpha, sigma, prediction)
-    pred = unet(x_t, t.float(), labels, width)
+    pred = net(x_t, t.float(), labels, width)
     per_sample = (pred - target).square().mean(dim=(1, 2, 3))
     return (per_sample * min_snr_weight(alpha.view(B), sigma.view(B), gamma, prediction)).mean()
 
@@ -95,14 +95,14 @@ def _train(s: TeacherSettings, d: Dist, data, cfg) -> dict:
                                "world": d.world})
     torch.manual_seed(s.seed)
     model = NitroGenModel(cfg)
-    unet = model.unet
+    net = model.net                                                          # the backbone: U-Net or DiT
     ema_model = copy.deepcopy(model).requires_grad_(False).eval()
-    params = list(unet.parameters())
+    params = list(net.parameters())
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.99), weight_decay=s.weight_decay)
     schedule = Schedule(cfg.train_timesteps)
     x_all = data.as_float()                                                  # (N, 3, H, W) in [-1, 1]
 
-    modules = {"model": unet, "ema": ema_model.unet}
+    modules = {"model": net, "ema": ema_model.net}
     step, trained_seconds = restore_run(run, modules, opt, d)
     if step and d.main:
         print(f"resuming {run.path} at step {step}/{s.steps}", file=sys.stderr)
@@ -114,12 +114,12 @@ def _train(s: TeacherSettings, d: Dist, data, cfg) -> dict:
         gen = step_generator(s.seed, step, d)
         idx = batch_indices(len(x_all), s.batch, step, s.seed, d)
         labels = drop_labels(data.labels[idx], cfg.num_classes, s.label_dropout, gen)
-        loss = diffusion_loss(unet, x_all[idx], labels, schedule, gen, cfg.prediction, s.min_snr)
+        loss = diffusion_loss(net, x_all[idx], labels, schedule, gen, cfg.prediction, s.min_snr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         lr = learning_rate(step, s.steps, s.lr, s.warmup)
         grad_norm = optimizer_step(params, opt, lr, d)
-        ema_update(ema_model.unet, unet, step, s.ema)
+        ema_update(ema_model.net, net, step, s.ema)
         step += 1
 
         now = time.monotonic()
@@ -151,7 +151,7 @@ def _train(s: TeacherSettings, d: Dist, data, cfg) -> dict:
         msg = f"teacher done: {out}" if done else f"stopped at step {step}/{s.steps} (--minutes); rerun to continue"
         print(msg, file=sys.stderr)
     return {"step": step, "done": done, "checkpoint": str(out) if done else None, "seconds": trained_seconds,
-            "unet": unet, "ema": ema_model}
+            "net": net, "unet": net, "ema": ema_model}       # "unet": the key's old name
 
 
 def _commit() -> str | None:

@@ -1,0 +1,332 @@
+"""Token-sparse execution of the transformer backbone (model/dit.py): the DiT's executor.
+
+A unit is a block_size px square of the image, (block_size / token_size)^2 tokens, contiguous rows
+of the token sequence (dit.patchify's unit-major order). A dense step runs the whole network and
+records a token cache: per block, the spatial keys and values (LN(x) W_ks, LN(x) W_vs) of every
+token, and the output tokens. A sparse step then computes only the active units' tokens:
+
+- patch embedding, then per block: LayerNorm + QKV, attention of the active queries over ALL
+  keys of their image, the inactive tokens' keys and values read from the cache (the state of
+  their last computation, as in RAS), output projection, gated residual, modulated MLP; the
+  active tokens' fresh keys and values are written into the cache before the attention;
+- the final norm + head on the active tokens, scattered into the cached output tokens.
+
+Inactive tokens cost nothing: no halo and no dense floor. Per computed image there is a fixed
+cost (time/class embedding and the per-block conditioning), the rest is per token.
+
+Time terms are fresh, exactly: TMSA's key time term cancels in softmax and its value time term is
+added to the attention output (see model/dit.py), so cached spatial keys and values serve the
+current step's time and class at no cost per cached token. Hence a sparse step equals a dense
+block-by-block forward whose inputs are the active tokens' fresh residual stream and, elsewhere,
+the residual stream the cached keys and values were computed from (`masked_dense_forward`, the
+reference the tests pin the executor to; it needs a cache built with keep_inputs=True).
+
+The approximation, against a true dense forward of the same input: inactive tokens' keys and
+values are stale (computed from an earlier x_t); with every unit active a sparse step is exact.
+The cache belongs to one width; a width change needs a dense step.
+
+Fused pieces go through kernels/ (gather of the active tokens' pixels, ln_modulate, gated_add),
+torch on the CPU, Triton on CUDA.
+
+NOTE (speed, `bench kernels --preset emoji32-dit --threads 1 --repeats 9`, batch 16, CPU shared
+with other jobs): a sparse step at active fraction a took 0.720 / 0.517 / 0.266 / 0.158 of a dense
+forward at a = 0.75 / 0.5 / 0.25 / 0.1 (target 1.15 a: met down to 0.25, missed at 0.1). The floor,
+one unit per image, is 0.112 of dense: every step reads all weights (13.8 MB) and every cached
+key/value (9.4 MB at batch 16) whatever is active, plus ~20 small ops per block.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ._kernels import load_kernels
+from .model.dit import DiT, attend, patchify, unit_group, unpatchify
+from .sparse import StepCosts
+
+
+@dataclass
+class TokenCache:
+    """The executor's state for one width: per block the spatial keys | values of every token's last
+    computation, (B, N, 2 I_w) each; the output tokens (B, N, C p p); and, in reference mode only,
+    the residual stream entering each block (B, N, D) that the keys and values were computed from."""
+    width: float
+    kv: list[torch.Tensor]
+    out: torch.Tensor
+    inputs: list[torch.Tensor] | None = None
+
+    def clone(self) -> "TokenCache":
+        """An independent copy (steps update a cache in place)."""
+        return TokenCache(self.width, [t.clone() for t in self.kv], self.out.clone(),
+                          None if self.inputs is None else [t.clone() for t in self.inputs])
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.kv, self.out, *(self.inputs or [])]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _Recorder:
+    """DiT.forward's `keep`: copies each block's keys/values (and inputs) and the output tokens into
+    a cache, whole (rows None) or into some of its rows."""
+
+    def __init__(self, cache: TokenCache | None, rows: torch.Tensor | None, keep_inputs: bool):
+        self.cache, self.rows, self.keep_inputs = cache, rows, keep_inputs
+        self.kv: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
+        self.out: torch.Tensor | None = None
+
+    def layer(self, i: int, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self.cache is None:
+            self.kv.append(torch.cat([k, v], -1))                               # (B, N, 2 I_w)
+            if self.keep_inputs:
+                self.inputs.append(h.clone())                                   # (B, N, D)
+            return
+        self.cache.kv[i][self.rows] = torch.cat([k, v], -1)
+        if self.cache.inputs is not None:
+            self.cache.inputs[i][self.rows] = h
+
+    def output(self, out: torch.Tensor) -> None:
+        if self.cache is None:
+            self.out = out.clone()
+        else:
+            self.cache.out[self.rows] = out
+
+
+def _dense_macs(dit: DiT, batch: int, width: float, tokens: int) -> torch.Tensor:
+    return torch.full((batch,), dit.macs(width, tokens), dtype=torch.int64)
+
+
+def dense_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
+                  record: bool = True, keep_inputs: bool = False
+                  ) -> tuple[torch.Tensor, TokenCache | None, torch.Tensor]:
+    """Full forward that also builds the token cache (unless `record` is False). `keep_inputs`
+    also keeps every block's input (the masked dense reference needs it; the executor does not).
+    Returns (out (B, C, H, W), cache or None, MACs per sample (B,))."""
+    rec = _Recorder(None, None, keep_inputs) if record else None
+    with torch.no_grad():
+        out = dit(x, t, labels, width, keep=rec)
+    N = (x.shape[2] // dit.cfg.token_size) * (x.shape[3] // dit.cfg.token_size)
+    cache = TokenCache(width, rec.kv, rec.out, rec.inputs if keep_inputs else None) if record else None
+    return out, cache, _dense_macs(dit, x.shape[0], width, N)
+
+
+def dense_forward_rows(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cache: TokenCache,
+                       rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A full forward of the samples `rows` (n,) of the cache's batch, at the cache's width, written
+    into their rows of the cache. x (n, C, H, W). Returns (out (n, C, H, W), MACs per sample (n,))."""
+    with torch.no_grad():
+        out = dit(x, t, labels, cache.width, keep=_Recorder(cache, rows, False))
+    return out, _dense_macs(dit, x.shape[0], cache.width, cache.out.shape[1])
+
+
+@dataclass
+class _Active:
+    """Which tokens a sparse step computes, rows ordered by (sample, unit, token)."""
+    rows: torch.Tensor      # (S,) samples with work, ascending
+    img: torch.Tensor       # (n,) each token's sample
+    slot: torch.Tensor      # (n,) each token's position in `rows`
+    tok: torch.Tensor       # (n,) token index inside its sample
+    flat: torch.Tensor      # (n,) row into a (B * N, .) view of a cache tensor
+    pos: torch.Tensor       # (n,) rank of the token among its sample's active tokens
+    counts: torch.Tensor    # (S,) active tokens per sample
+    uniform: bool           # every sample has the same count (no padding for the attention)
+
+
+def active_tokens(blocks: torch.Tensor, per_unit: int, tokens: int) -> _Active:
+    """blocks (B, nb, nb) bool -> the active tokens, `per_unit` tokens per unit, `tokens` per sample."""
+    B = blocks.shape[0]
+    img_u, unit = blocks.reshape(B, -1).nonzero(as_tuple=True)                  # sorted by (sample, unit)
+    dev = blocks.device
+    offs = torch.arange(per_unit, device=dev)
+    tok = (unit[:, None] * per_unit + offs).reshape(-1)                         # (n,)
+    img = img_u.repeat_interleave(per_unit)
+    rows, counts = torch.unique_consecutive(img, return_counts=True)
+    slot = torch.repeat_interleave(torch.arange(len(rows), device=dev), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(len(tok), device=dev) - starts[slot]
+    uniform = len(rows) > 0 and bool((counts == counts[0]).all())
+    return _Active(rows, img, slot, tok, img * tokens + tok, pos, counts, uniform)
+
+
+def grouped_attention(q: torch.Tensor, kv: torch.Tensor, act: _Active, heads: int) -> torch.Tensor:
+    """Active queries q (n, I) over all keys of their own sample. kv (B, N, 2 I) is the block's cache
+    (already holding the active tokens' fresh keys and values). Returns (n, I).
+
+    Queries are laid out per sample, padded to the largest count when counts differ; padded rows
+    are computed and dropped (they are not counted as MACs: no result depends on them)."""
+    inner, S = q.shape[1], len(act.rows)
+    kv = kv if S == kv.shape[0] else kv.index_select(0, act.rows)             # (S, N, 2 I)
+    k, v = kv[..., :inner], kv[..., inner:]
+    if act.uniform:
+        return attend(q.view(S, -1, inner), k, v, heads).reshape(-1, inner)
+    qp = q.new_zeros(S, int(act.counts.max()), inner)                           # (S, M, I)
+    qp[act.slot, act.pos] = q
+    return attend(qp, k, v, heads)[act.slot, act.pos]
+
+
+def sparse_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cache: TokenCache,
+                   blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recompute the active units' tokens at the cache's width. x (B, C, H, W); blocks (B, nb, nb) bool.
+
+    Updates `cache` in place; returns (out (B, C, H, W), MACs per sample (B,)). Outside the
+    active units, out equals the cached output."""
+    cfg, width = dit.cfg, cache.width
+    B, C, H, W = x.shape
+    p, g = cfg.token_size, unit_group(cfg, H, W)
+    N = cache.out.shape[1]
+    macs = torch.zeros(B, dtype=torch.int64)
+    if bool(blocks.all()):
+        # Every unit active: the dense forward is the same computation (equal within float noise),
+        # without the gathers and index updates (measured 1.14x dense through the sparse path).
+        rows = torch.arange(B, device=x.device)
+        _, macs = dense_forward_rows(dit, x, t, labels, cache, rows)
+        return unpatchify(cache.out, C, H, W, p, g), macs
+    act = active_tokens(blocks, g * g, N)
+    if len(act.tok) == 0:
+        return unpatchify(cache.out, C, H, W, p, g), macs
+    k = load_kernels().backend_for(x.device.type)
+    slot = act.slot
+    with torch.no_grad():
+        ty, tx = dit.coords(H, W, g)[act.tok].t().contiguous()                           # (n,) each, token units
+        tokens = k.gather(x.permute(0, 2, 3, 1), act.img, ty, tx, size=p, step=p, offset=0)   # (n, C, p, p)
+        tokens = tokens.reshape(len(act.tok), -1)                                   # (n, C p p): patchify's layout
+        h = F.linear(tokens, dit.patch.weight, dit.patch.bias) + dit.positions(H, W, g)[act.tok]   # (n, D)
+        cs = dit.embed(t[act.rows], labels[act.rows])                             # (S, D)
+        ada = dit.ada(cs)                                                           # (S, 4 D)
+        for i, block in enumerate(dit.blocks):
+            cond = block.conditioning(cs, ada, width)
+            iw = block.attn.inner_at(width)
+            if cache.inputs is not None:
+                cache.inputs[i].view(B * N, -1).index_copy_(0, act.flat, h)
+            a = k.ln_modulate(h, *block.norm1.affine_at(width), eps=block.norm1.eps)
+            qkv = F.linear(a, *block.attn.qkv_params(width))                       # (n, 3 I_w)
+            cache.kv[i].view(B * N, 2 * iw).index_copy_(0, act.flat, qkv[:, iw:])
+            q = qkv[:, :iw] + cond["qt"].index_select(0, slot)
+            o = grouped_attention(q, cache.kv[i], act, block.attn.heads_at(width)) + cond["vt"].index_select(0, slot)
+            h = k.gated_add(h, F.linear(o, *block.attn.proj_params(width)), cond["gate_a"], slot)
+            m = k.ln_modulate(h, *block.norm2.affine_at(width), img=slot, shift=cond["shift"],
+                              scale=cond["scale"], eps=block.norm2.eps)
+            h = k.gated_add(h, block.mlp(m, width), cond["gate_m"], slot)
+        shift, scale = dit.out_conditioning(cs)
+        a = k.ln_modulate(h, *dit.norm_out.affine_at(width), img=slot, shift=shift, scale=scale,
+                          eps=dit.norm_out.eps)
+        cache.out.view(B * N, -1).index_copy_(0, act.flat, F.linear(a, dit.head.weight, dit.head.bias))
+    # MACs: what ran, per sample: its fixed cost once, and every block's per-token cost per token.
+    counts = torch.zeros(B, dtype=torch.int64)
+    counts[act.rows.cpu()] = act.counts.cpu()
+    macs += (counts > 0) * dit.sample_macs(width) + counts * dit.token_macs(width, N)
+    return unpatchify(cache.out, C, H, W, p, g), macs
+
+
+def masked_dense_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cache: TokenCache,
+                         blocks: torch.Tensor) -> torch.Tensor:
+    """What `sparse_forward` must return, computed densely: every block runs on the full current
+    input (the active tokens' fresh residual stream, the cached inputs elsewhere) and only the
+    active tokens are kept. Updates `cache` (built with keep_inputs=True) in place."""
+    if cache.inputs is None:
+        raise ValueError("masked_dense_forward needs a cache built with keep_inputs=True")
+    cfg, width = dit.cfg, cache.width
+    B, C, H, W = x.shape
+    p, g = cfg.token_size, unit_group(cfg, H, W)
+    keep = blocks.reshape(B, -1).repeat_interleave(g * g, 1)[:, :, None]         # (B, N, 1)
+    with torch.no_grad():
+        cs = dit.embed(t, labels)
+        ada = dit.ada(cs)
+        h = dit.patch(patchify(x, p, g)) + dit.positions(H, W, g)                 # (B, N, D)
+        for i, block in enumerate(dit.blocks):
+            h = torch.where(keep, h, cache.inputs[i])
+            cache.inputs[i].copy_(h)
+            kv = []
+            h = block(h, block.conditioning(cs, ada, width), width, keep=lambda k, v: kv.append(torch.cat([k, v], -1)))
+            cache.kv[i].copy_(torch.where(keep, kv[0], cache.kv[i]))
+        shift, scale = dit.out_conditioning(cs)
+        out = dit.head(dit.norm_out(h, width) * (1 + scale[:, None]) + shift[:, None])
+        cache.out.copy_(torch.where(keep, out, cache.out))
+    return unpatchify(cache.out, C, H, W, p, g)
+
+
+class DiTExecutor:
+    """The transformer's side of the adaptive sampler (the interface of sparse.UNetExecutor): it runs
+    what the policy chose, per sample of the model batch, against one token cache, and keeps the
+    last model output. Units are block_size px squares of whole tokens.
+
+    A step computes some samples whole (written into their rows of the cache; when every sample is
+    dense the cache is rebuilt at the step's width, the old one freed first) and the active units'
+    tokens of others (at the cache's width). Every sample's result depends on its own inputs and
+    cache rows only."""
+
+    def __init__(self, dit: DiT, record: bool):
+        self.dit, self.record = dit, record
+        self.cache: TokenCache | None = None
+        self.out: torch.Tensor | None = None          # (Bm, C, H, W) the last model output
+
+    @property
+    def width(self) -> float | None:
+        return None if self.cache is None else self.cache.width
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held between steps: the token cache and the last output."""
+        out = 0 if self.out is None else self.out.numel() * self.out.element_size()
+        return out + (0 if self.cache is None else self.cache.nbytes)
+
+    def costs(self, width: float) -> StepCosts:
+        return step_costs(self.dit, width)
+
+    def step(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
+             dense_rows: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (Bm, C, H, W), t (Bm,), labels (Bm,); dense_rows (Bm,) bool: samples computed whole at
+        `width`; blocks (Bm, nb, nb) bool: active units of the other samples. Returns (out, fresh
+        where computed and the last output elsewhere; MACs per sample (Bm,))."""
+        if bool(dense_rows.all()):
+            self.cache = None                         # freed before the new one is built
+            self.out, self.cache, macs = dense_forward(self.dit, x, t, labels, width, record=self.record)
+            return self.out, macs
+        if self.cache is None or self.out is None:
+            raise RuntimeError("internal error: a partial step needs the cache of an earlier dense step")
+        if bool(dense_rows.any()) and width != self.cache.width:
+            raise RuntimeError(f"internal error: dense rows at width {width} into a cache at width {self.cache.width}")
+        out, macs = self.out.clone(), torch.zeros(x.shape[0], dtype=torch.int64)
+        rows = dense_rows.nonzero(as_tuple=True)[0]
+        if len(rows):
+            out[rows], macs[rows.cpu()] = dense_forward_rows(self.dit, x[rows], t[rows], labels[rows],
+                                                             self.cache, rows)
+        sparse_blocks = blocks & ~dense_rows[:, None, None]
+        if bool(sparse_blocks.any()):
+            fresh, sparse_macs = sparse_forward(self.dit, x, t, labels, self.cache, sparse_blocks)
+            computed = sparse_blocks.flatten(1).any(1)
+            out[computed] = fresh[computed]
+            macs += sparse_macs
+        self.out = out
+        return out, macs
+
+
+_COSTS: "weakref.WeakKeyDictionary[DiT, dict[float, StepCosts]]" = weakref.WeakKeyDictionary()
+
+
+def step_costs(dit: DiT, width: float) -> StepCosts:
+    """The cost model, read from real (tiny) executions of the executor on 0, 1 and 2 active units,
+    so the executor stays the one source of truth for MACs. Memoised per network and width."""
+    per_width = _COSTS.setdefault(dit, {})
+    if width not in per_width:
+        cfg = dit.cfg
+        nb = cfg.image_size // cfg.block_size
+        if nb * nb < 2:
+            raise ValueError(f"image_size/block_size={nb} gives fewer than 2 units; sparse execution needs more")
+        prm = next(dit.parameters())
+        x = torch.zeros(3, cfg.in_channels, cfg.image_size, cfg.image_size, device=prm.device, dtype=prm.dtype)
+        t = torch.zeros(3, device=prm.device, dtype=prm.dtype)
+        labels = torch.zeros(3, dtype=torch.long, device=prm.device)
+        _, cache, dense = dense_forward(dit, x, t, labels, width)
+        mask = torch.zeros(3, nb * nb, dtype=torch.bool, device=prm.device)
+        mask[1, :1] = mask[2, :2] = True
+        _, macs = sparse_forward(dit, x, t, labels, cache, mask.view(3, nb, nb))
+        per_unit = int(macs[2] - macs[1])
+        costs = StepCosts(dense=int(dense[0]), base=int(macs[1]) - per_unit, per_block=per_unit, blocks=nb * nb)
+        if int(macs[0]) != 0 or costs.base + nb * nb * per_unit != costs.dense:
+            raise RuntimeError(f"MAC accounting is inconsistent at width {width}: {macs.tolist()} vs dense {costs.dense}")
+        per_width[width] = costs
+    return per_width[width]

@@ -1,0 +1,306 @@
+"""Token-sparse execution of the transformer (token_sparse.py) against its dense references: the
+dense forward (every unit active), `masked_dense_forward` (the exact semantics of a sparse step),
+MAC accounting (formula, torch's FLOP counter, costs()), batch invariance of the executor, and
+the sampler on a DiT model (tau = 0 is full compute; batch = sub-batches = singles)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import perturbed
+from nitrogen_core._kernels import load_kernels
+from nitrogen_core.config import preset
+from nitrogen_core.model import NitroGenModel
+from nitrogen_core.model.dit import DiT
+from nitrogen_core.sampler import SamplerSettings, make_noise, sample
+from nitrogen_core.token_sparse import (DiTExecutor, dense_forward, masked_dense_forward, sparse_forward,
+                                        step_costs)
+from test_dit import counted_macs
+from test_kernels import assert_close, needs_triton
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def dcfg():
+    return preset("tiny-dit")             # 16 px, 2 px tokens, 4 px units: 4x4 units of 4 tokens
+
+
+@pytest.fixture(scope="module")
+def dit(dcfg) -> DiT:
+    torch.manual_seed(0)
+    return perturbed(DiT(dcfg)).eval()
+
+
+@pytest.fixture(scope="module")
+def nb(dcfg) -> int:
+    return dcfg.image_size // dcfg.block_size
+
+
+def make_inputs(cfg, batch: int, seed: int, step: float = 0.3):
+    """x1, and x2 = x1 moved like one sampler step; distinct t and labels (null class included)."""
+    gen = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
+    x2 = x1 + step * torch.randn(x1.shape, generator=gen)
+    return x1, x2, torch.linspace(50, 950, batch), torch.arange(batch) % (cfg.num_classes + 1)
+
+
+def structured_masks(nb: int, seed: int) -> torch.Tensor:
+    """(4, nb, nb): nothing / everything / the border ring / random (uneven counts: padded attention)."""
+    gen = torch.Generator().manual_seed(seed)
+    m = torch.zeros(4, nb, nb, dtype=torch.bool)
+    m[1] = True
+    m[2, 0, :] = m[2, -1, :] = m[2, :, 0] = m[2, :, -1] = True
+    m[3] = torch.rand(nb, nb, generator=gen) < 0.4
+    m[3, 1, 2] = True
+    return m
+
+
+def pixel_mask(blocks: torch.Tensor, block: int) -> torch.Tensor:
+    return blocks.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, None]   # (B, 1, H, W)
+
+
+# -- every unit active: exact -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("width", [0.25, 0.5, 0.75, 1.0])
+def test_all_active_equals_dense(dit, dcfg, nb, width):
+    x1, x2, t, labels = make_inputs(dcfg, 3, seed=1)
+    _, cache, _ = dense_forward(dit, x1, t, labels, width)
+    with torch.no_grad():
+        truth = dit(x2, t, labels, width)
+    out, macs = sparse_forward(dit, x2, t, labels, cache, torch.ones(3, nb, nb, dtype=torch.bool))
+    torch.testing.assert_close(out, truth, atol=ATOL, rtol=0)
+    assert macs.tolist() == [dit.macs(width, (dcfg.image_size // dcfg.token_size) ** 2)] * 3
+    _, fresh, _ = dense_forward(dit, x2, t, labels, width)          # the cache now holds x2's forward
+    for a, b in zip([*cache.kv, cache.out], [*fresh.kv, fresh.out]):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    # The token path itself (a whole batch fully active takes the dense path): sample 0 fully
+    # active beside a sample with one unit.
+    _, cache, _ = dense_forward(dit, x1, t, labels, width)
+    blocks = torch.zeros(3, nb, nb, dtype=torch.bool)
+    blocks[0], blocks[1, 0, 0] = True, True
+    out, macs = sparse_forward(dit, x2, t, labels, cache, blocks)
+    torch.testing.assert_close(out[0], truth[0], atol=ATOL, rtol=0)
+    assert int(macs[0]) == dit.macs(width, (dcfg.image_size // dcfg.token_size) ** 2)
+
+
+# -- some units active: the masked dense reference ----------------------------------------------------
+
+@pytest.mark.parametrize("seed, width", [(0, 1.0), (1, 1.0), (2, 0.5), (3, 0.25)])
+def test_subset_matches_masked_dense(dit, dcfg, nb, seed, width):
+    x1, x2, t, labels = make_inputs(dcfg, 4, seed=seed)
+    prev, cache, _ = dense_forward(dit, x1, t, labels, width, keep_inputs=True)
+    mask = structured_masks(nb, seed)
+    ref_cache = cache.clone()
+    out, _ = sparse_forward(dit, x2, t, labels, cache, mask)
+    ref = masked_dense_forward(dit, x2, t, labels, ref_cache, mask)
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    for name in ("kv", "inputs"):
+        for i, (a, b) in enumerate(zip(getattr(cache, name), getattr(ref_cache, name))):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0, msg=f"{name}[{i}]")
+    torch.testing.assert_close(cache.out, ref_cache.out, atol=ATOL, rtol=0)
+    # outside the active units the output is the cached one, bit for bit; inside it changed
+    pix = pixel_mask(mask, dcfg.block_size).expand_as(out)
+    assert torch.equal(out[~pix], prev[~pix])
+    assert not torch.allclose(out[pix], prev[pix])
+
+
+def test_repeated_sparse_steps_follow_the_reference(dit, dcfg, nb):
+    """Three sparse steps in a row with different masks (cache state carries over)."""
+    x, _, t, labels = make_inputs(dcfg, 2, seed=5)
+    _, cache, _ = dense_forward(dit, x, t, labels, 1.0, keep_inputs=True)
+    ref_cache = cache.clone()
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        x = x + 0.2 * torch.randn(x.shape, generator=gen)
+        mask = torch.rand(2, nb, nb, generator=gen) < 0.3
+        out, _ = sparse_forward(dit, x, t, labels, cache, mask)
+        torch.testing.assert_close(out, masked_dense_forward(dit, x, t, labels, ref_cache, mask), atol=ATOL, rtol=0)
+
+
+def test_stale_context_is_the_only_approximation(dit, dcfg, nb):
+    """Against the true dense forward of x2, a sparse step on a cache of x1 errs only through stale
+    keys/values: less than reusing the cache, and nothing when the input did not change."""
+    x1, x2, t, labels = make_inputs(dcfg, 2, seed=7, step=0.1)
+    prev, cache, _ = dense_forward(dit, x1, t, labels, 1.0)
+    mask = torch.zeros(2, nb, nb, dtype=torch.bool)
+    mask[:, 1:3, 1:3] = True
+    with torch.no_grad():
+        truth = dit(x2, t, labels, 1.0)
+    out, _ = sparse_forward(dit, x2, t, labels, cache.clone(), mask)
+    pix = pixel_mask(mask, dcfg.block_size).expand_as(out)
+    assert (out - truth)[pix].abs().max() < 0.5 * (prev - truth)[pix].abs().max()
+    same, _ = sparse_forward(dit, x1, t, labels, cache.clone(), mask)
+    torch.testing.assert_close(same, prev, atol=ATOL, rtol=0)
+
+
+# -- MACs --------------------------------------------------------------------------------------------
+
+def test_sparse_macs_by_hand(dit, dcfg, nb):
+    """Per sample: the fixed cost once if anything runs, then the per-token cost (queries see all
+    N = 64 keys) per active token, 4 tokens per unit. The tiny config's numbers written out
+    (D 32, 4 heads of 8, MLP 64, depth 2, C p p = 12):
+    fixed = 2*32*32 (time MLP) + 2*32*64 (per block: time terms) + 32*128 (shared adaLN) + 32*64 (final) = 12288
+    per token = 12*32 + 2*(3*32*32 + 2*64*32 + 32*32 + 2*32*64) + 32*12 = 25344."""
+    x1, x2, t, labels = make_inputs(dcfg, 4, seed=8)
+    _, cache, dense = dense_forward(dit, x1, t, labels, 1.0)
+    assert dense.tolist() == [12288 + 64 * 25344] * 4
+    mask = structured_masks(nb, 8)
+    _, macs = sparse_forward(dit, x2, t, labels, cache, mask)
+    units = mask.flatten(1).sum(1)
+    assert macs.tolist() == [0 if n == 0 else 12288 + 4 * int(n) * 25344 for n in units]
+
+
+def test_sparse_macs_are_what_runs(dit, dcfg, nb):
+    """torch's FLOP counter over a sparse step (equal counts: no padded queries) equals the reported MACs."""
+    x1, x2, t, labels = make_inputs(dcfg, 3, seed=9)
+    mask = torch.zeros(3, nb * nb, dtype=torch.bool)
+    mask[:, :5] = True
+    for width in (0.25, 1.0):
+        _, cache, _ = dense_forward(dit, x1, t, labels, width)
+        _, macs = sparse_forward(dit, x2, t, labels, cache.clone(), mask.view(3, nb, nb))
+        counted = counted_macs(lambda: sparse_forward(dit, x2, t, labels, cache, mask.view(3, nb, nb)))
+        assert counted == int(macs.sum())
+
+
+@pytest.mark.parametrize("width", [0.25, 1.0])
+def test_costs_match_what_step_counts(dit, dcfg, nb, width):
+    costs = step_costs(dit, width)
+    assert costs.blocks == nb * nb and costs.base + costs.blocks * costs.per_block == costs.dense
+    ex = DiTExecutor(dit, record=True)
+    x1, x2, t, labels = make_inputs(dcfg, 4, seed=10)
+    everyone = torch.ones(4, dtype=torch.bool)
+    _, macs = ex.step(x1, t, labels, width, everyone, torch.ones(4, nb, nb, dtype=torch.bool))
+    assert macs.tolist() == [costs.dense] * 4
+    mask = structured_masks(nb, 10)
+    _, macs = ex.step(x2, t, labels, width, torch.zeros(4, dtype=torch.bool), mask)
+    assert torch.equal(macs, costs.of(mask.flatten(1).sum(1)))
+    assert torch.equal(costs.max_blocks(macs), mask.flatten(1).sum(1))
+
+
+# -- the executor ----------------------------------------------------------------------------------------
+
+def run_steps(dit, x, t, labels, plan) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Drive one executor through `plan`: (x shift, width, dense_rows, blocks) per step."""
+    ex = DiTExecutor(dit, record=True)
+    outs, macs = [], []
+    for shift, width, dense_rows, blocks in plan:
+        out, m = ex.step(x + shift, t, labels, width, dense_rows, blocks)
+        outs.append(out.clone())
+        macs.append(m.clone())
+    return outs, macs
+
+
+def test_batch_invariance(dit, dcfg, nb):
+    """Batch 4 = 2 x 2 = singles: outputs within float noise, MACs equal, over dense steps, steps that
+    mix dense and sparse rows, sparse steps with uneven counts and rows with nothing to do."""
+    B = 4
+    x, _, t, labels = make_inputs(dcfg, B, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    plan = [(0.0, 1.0, torch.ones(B, dtype=torch.bool), torch.ones(B, nb, nb, dtype=torch.bool))]
+    for k in range(4):
+        shift = 0.2 * torch.randn(x.shape, generator=gen)
+        dense_rows = torch.tensor([k == 1, False, k == 3, False])
+        blocks = torch.rand(B, nb, nb, generator=gen) < torch.tensor([0.1, 0.3, 0.6, 0.0])[:, None, None]
+        plan.append((shift, 1.0, dense_rows, blocks | dense_rows[:, None, None]))
+    whole, whole_macs = run_steps(dit, x, t, labels, plan)
+    for groups in ([[0, 1], [2, 3]], [[0], [1], [2], [3]]):
+        for rows in groups:
+            r = torch.tensor(rows)
+            sub_plan = [(s if isinstance(s, float) else s[r], w, d[r], b[r]) for s, w, d, b in plan]
+            outs, macs = run_steps(dit, x[r], t[r], labels[r], sub_plan)
+            for i, (o, m) in enumerate(zip(outs, macs)):
+                torch.testing.assert_close(o, whole[i][r], atol=ATOL, rtol=0, msg=f"step {i} rows {rows}")
+                assert torch.equal(m, whole_macs[i][r])
+
+
+def test_executor_holds_one_cache_and_frees_it_on_rebuild(dit, dcfg, nb, monkeypatch):
+    x, _, t, labels = make_inputs(dcfg, 2, seed=13)
+    every, none = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
+    ex = DiTExecutor(dit, record=True)
+    assert ex.width is None and ex.nbytes == 0
+    ex.step(x, t, labels, 1.0, every, torch.ones(2, nb, nb, dtype=torch.bool))
+    N, iw, depth = 64, 32, dcfg.dit_depth
+    assert ex.width == 1.0
+    assert ex.nbytes == 4 * (depth * 2 * N * 2 * iw + 2 * N * 12 + x.numel())   # kv, out tokens, last output
+    seen = []
+    import nitrogen_core.token_sparse as ts
+    real = ts.dense_forward
+    monkeypatch.setattr(ts, "dense_forward", lambda *a, **k: seen.append(ex.cache) or real(*a, **k))
+    ex.step(x, t, labels, 0.5, every, torch.ones(2, nb, nb, dtype=torch.bool))   # width change: rebuilt
+    assert seen == [None] and ex.width == 0.5 and ex.nbytes < 4 * (depth * 2 * N * 2 * iw + 2 * N * 12 + x.numel())
+    with pytest.raises(RuntimeError, match="dense rows at width 1.0 into a cache at width 0.5"):
+        ex.step(x, t, labels, 1.0, torch.tensor([True, False]), torch.ones(2, nb, nb, dtype=torch.bool))
+    fresh = DiTExecutor(dit, record=True)
+    with pytest.raises(RuntimeError, match="needs the cache of an earlier dense step"):
+        fresh.step(x, t, labels, 1.0, none, torch.ones(2, nb, nb, dtype=torch.bool))
+    norec = DiTExecutor(dit, record=False)
+    norec.step(x, t, labels, 1.0, every, torch.ones(2, nb, nb, dtype=torch.bool))
+    assert norec.cache is None and norec.nbytes == x.numel() * 4
+
+
+def test_model_executor_is_the_token_executor(dcfg):
+    assert isinstance(NitroGenModel(dcfg).executor(True), DiTExecutor)
+
+
+@needs_triton
+@pytest.mark.parametrize("fraction", [0.3, 0.9])
+def test_sparse_dit_is_the_same_through_either_backend(dit, dcfg, nb, monkeypatch, fraction):
+    """The executor's fused pieces go through kernels/: switching the backend changes no result."""
+    x1, x2, t, labels = make_inputs(dcfg, 2, seed=14)
+    _, cache, _ = dense_forward(dit, x1, t, labels, 1.0)
+    mask = torch.rand(2, nb, nb, generator=torch.Generator().manual_seed(15)) < fraction
+    triton_ops, calls = load_kernels().backends()["triton"], []
+    real = triton_ops.ln_modulate
+    monkeypatch.setattr(triton_ops, "ln_modulate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    outs = {}
+    for name in ("torch", "triton"):
+        monkeypatch.setenv("NITROGEN_KERNELS", name)
+        c = cache.clone()
+        outs[name] = (sparse_forward(dit, x2, t, labels, c, mask)[0], c)
+    assert calls and not mask.all()                # a fully active batch takes the dense path
+    assert_close(outs["triton"][0], outs["torch"][0], torch.float32, f"DiT output at {fraction}")
+    for i, (a, b) in enumerate(zip(outs["triton"][1].kv, outs["torch"][1].kv)):
+        assert_close(a, b, torch.float32, f"cached kv {i} at {fraction}")
+
+
+# -- the sampler on a DiT model --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dit_model(dcfg) -> NitroGenModel:
+    torch.manual_seed(0)
+    return perturbed(NitroGenModel(dcfg)).eval()
+
+
+def test_sampler_threshold_zero_is_full_compute(dit_model):
+    noise, labels = make_noise(dit_model.config, 3, 0), torch.tensor([0, 1, 2])
+    full = sample(dit_model, noise, labels, SamplerSettings(steps=6, mode="full"))
+    zero = sample(dit_model, noise, labels, SamplerSettings(steps=6, threshold=0.0))
+    assert torch.equal(full.images, zero.images)
+    assert zero.record.macs_used == zero.record.macs_full
+
+
+def test_sampler_batch_invariance_on_dit(dit_model):
+    """Adaptive sampling with sparse steps, a width schedule and a budget: batch 4 = 2 x 2 = singles."""
+    settings = SamplerSettings(steps=8, threshold=0.05, budget=0.7, dense_above=0.6)
+    noise, labels = make_noise(dit_model.config, 4, 1), torch.tensor([0, 1, 2, 1])
+    whole = sample(dit_model, noise, labels, settings, width_schedule=(0.5, 1.0))
+    assert any(not s.dense.all() and s.mask.any() for s in whole.record.steps)              # sparse steps ran
+    for groups in ([[0, 1], [2, 3]], [[0], [1], [2], [3]]):
+        for rows in groups:
+            r = torch.tensor(rows)
+            part = sample(dit_model, noise[r], labels[r], settings, width_schedule=(0.5, 1.0))
+            torch.testing.assert_close(part.images, whole.images[r], atol=1e-4, rtol=0)
+            for a, b in zip(part.record.steps, whole.record.steps):
+                assert (a.mask == b.mask[rows]).all() and (a.macs == b.macs[rows]).all()
+
+
+def test_bench_kernels_transformer_table_runs(capsys):
+    """`bench kernels --preset tiny-dit`: one row per active fraction, MACs in proportion (no timing asserted)."""
+    from nitrogen_core.bench import sparse_speed
+    result = sparse_speed.main(["--preset", "tiny-dit", "--batch", "2", "--repeats", "1", "--json"])
+    assert result["backbone"] == "dit" and [r["active"] for r in result["rows"]] == list(sparse_speed.FRACTIONS)
+    for r in result["rows"]:
+        assert abs(r["mac_ratio"] - r["active"]) < 0.05 and r["target"] == pytest.approx(1.15 * r["active"])
+    assert result["rows"][0]["rms_err_sparse"] < 1e-5                   # every unit active: exact
+    assert capsys.readouterr().out.count("{") >= 1
