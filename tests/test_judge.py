@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from conftest import write_disc_dataset
 from nitrogen_core.bench.judge import (FEATURE_DIM, JudgeNet, add_judge_arguments, augment, load_judge, main,
                                        stratified_split, train_judge)
-from nitrogen_core.bench.metrics import frechet_distance, kid, psnr, ssim
+from nitrogen_core.bench.metrics import (frechet_distance, kid, kid_subset_size, near_copy_rate, nearest_psnr, psnr,
+                                         set_distance, ssim)
 from nitrogen_core.errors import NitroGenInputError
 
 COLORS = {"blue": (30, 60, 220), "red": (220, 40, 40), "green": (40, 180, 60)}
@@ -87,10 +88,74 @@ def test_kid_same_distribution_near_zero_shifted_positive():
     assert kid(a, b, subsets=5, subset_size=50, seed=7) == kid(a, b, subsets=5, subset_size=50, seed=7)
 
 
-def test_kid_subset_size_is_capped_by_the_sets():
+def test_kid_subset_size_is_smaller_than_both_sets():
     a, b = gaussian_set(20, seed=0), gaussian_set(30, seed=1)
-    mean, std = kid(a, b, subsets=3, subset_size=1000)     # m = 20; must not fail
-    assert mean == mean and std >= 0
+    assert kid_subset_size(20, 30) == 10 and kid_subset_size(5000, 3000) == 1000
+    mean, std = kid(a, b, subsets=3, subset_size=1000)     # m = 10 < 20: subsets differ, so std > 0
+    assert mean == mean and std > 0
+    with pytest.raises(NitroGenInputError, match="at least 4"):
+        kid(a[:3], b)
+
+
+def test_set_distance_same_distribution_brackets_zero_and_a_shift_does_not():
+    both = gaussian_set(500, d=8, seed=2)
+    a, b = both[:220], both[220:]                  # two samples of one distribution, sizes differ
+    same = set_distance(a, b, resamples=100)
+    assert same.kid_lo < 0 < same.kid_hi
+    assert same.kid_subset_size == 110 < min(len(a), len(b))
+    assert same.fid_lo < same.fid_hi and same.n == 220 and same.n_reference == 280
+    shifted = set_distance(a + 0.5, b, resamples=100)
+    assert shifted.kid_lo > 0 and shifted.kid_lo > same.kid_hi
+    assert shifted.fid_lo > same.fid_hi
+    assert set_distance(a, b, resamples=20, seed=3) == set_distance(a, b, resamples=20, seed=3)   # seeded
+    assert set_distance(a, b, resamples=20).fid == pytest.approx(frechet_distance(a, b), rel=1e-9)
+
+
+def test_set_distance_replicates_do_not_count_copies_as_pairs():
+    """A resample repeats rows; the within-set KID term must skip pairs of copies, or every replicate is
+    inflated by the kernel's diagonal. With copies counted, a same-distribution interval sits above 0."""
+    both = gaussian_set(120, d=8, seed=4)
+    same = set_distance(both[:60], both[60:], resamples=200)
+    assert same.kid_lo < 0 < same.kid_hi
+
+
+def test_set_distance_rejects_bad_arguments():
+    a = gaussian_set(10)
+    with pytest.raises(NitroGenInputError, match="resamples"):
+        set_distance(a, a, resamples=0)
+    with pytest.raises(NitroGenInputError, match="level"):
+        set_distance(a, a, level=1.5)
+    with pytest.raises(NitroGenInputError, match="NaN"):
+        set_distance(a * float("nan"), a)
+
+
+# -- nearest neighbours: near-copies -------------------------------------------------------------
+
+def test_nearest_psnr_counts_a_copy_and_not_a_distinct_image():
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.randint(0, 256, (40, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    copy = pool[17].clone()
+    nudged = (pool[5].int() + torch.randint(-3, 4, (3, 8, 8), generator=gen)).clamp(0, 255).to(torch.uint8)
+    distinct = torch.randint(0, 256, (3, 8, 8), generator=gen, dtype=torch.uint8)
+    samples = torch.stack([copy, nudged, distinct])
+    result = nearest_psnr(samples, pool)
+    assert result[0] == float("inf") and 35 < result[1] < 60 and result[2] < 15
+    assert near_copy_rate(samples, pool) == pytest.approx(2 / 3)
+    # Tiny chunks (many blocks of the distance matrix) give the same answer.
+    assert torch.equal(nearest_psnr(samples, pool, chunk_entries=3), result)
+    # Float images in [-1, 1] are rounded to uint8 levels first: the same copy, found exactly.
+    as_float = samples.float() / 127.5 - 1
+    assert torch.equal(nearest_psnr(as_float, pool), result)
+
+
+def test_nearest_psnr_agrees_with_brute_force():
+    gen = torch.Generator().manual_seed(1)
+    pool = torch.randint(0, 256, (33, 3, 6, 6), generator=gen, dtype=torch.uint8)
+    samples = torch.randint(0, 256, (7, 3, 6, 6), generator=gen, dtype=torch.uint8)
+    mse = (samples[:, None].double() - pool[None].double()).square().flatten(2).mean(2).min(1).values   # (7,)
+    assert torch.allclose(nearest_psnr(samples, pool, chunk_entries=10), 10 * torch.log10(255.0**2 / mse))
+    with pytest.raises(NitroGenInputError, match="pool"):
+        nearest_psnr(samples, torch.zeros(3, 3, 5, 5, dtype=torch.uint8))
 
 
 # -- judge: split, augmentation, network -------------------------------------------------------
