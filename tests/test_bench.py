@@ -89,7 +89,8 @@ def test_quick_bench_json_plot_readme_and_bookkeeping(setup, capsys):
         assert row["near_copy_heldout"] is None                   # a plain ImageFolder has no held-out split
     # The reference is half of the plain ImageFolder, and the output says so; the floor is at the same count.
     assert result["reference"]["layout"] == "imagefolder" and "half" in result["reference"]["note"]
-    assert result["reference"]["reference_images"] == 6 and result["floor"]["images"] == result["images"]
+    assert result["reference"]["reference_images"] == 6
+    assert result["floor"]["images"] == result["floor"]["generated_images"] == result["images"]
     assert result["labels"] == {"blue": 2, "green": 2, "red": 2}
     assert result["intervals"]["kid_subset_size"] < min(result["images"], result["reference"]["reference_images"])
     assert "FID/KID reference: no held-out split" in written and "| floor |" in written
@@ -230,6 +231,13 @@ def test_render_markdown_shows_a_held_out_near_copy_check():
     result["rows"][0]["near_copy_heldout"] = 0.125
     text = render_markdown(result)
     assert "| 25.0% / 12.5% |" in text and "nearest training image (/ held-out image) exceeds 30 dB" in text
+
+
+def test_render_markdown_flags_a_floor_smaller_than_the_generated_set():
+    result = small_result()
+    assert "fewer real images" not in render_markdown(result)
+    result["floor"].update(images=125, generated_images=540)
+    assert "**The floor pool holds fewer real images than the 540 generated**" in render_markdown(result)
 
 
 def test_an_older_result_without_intervals_renders_with_dashes(tmp_path, capsys):

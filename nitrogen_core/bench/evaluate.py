@@ -184,7 +184,7 @@ def evaluate(args) -> dict:
             "judge": {"path": str(args.judge), "held_out_accuracy": judge.meta.get("held_out_accuracy"),
                       "feature_dim": judge.dim, "reference_images": int(len(sets.reference))},
             "reference": sets.describe(),
-            "floor": {**floor.as_dict(), "images": int(len(floor_images)),
+            "floor": {**floor.as_dict(), "images": int(len(floor_images)), "generated_images": len(labels),
                       "what": "real images (floor pool) at the generated set's count and class mix vs the reference"},
             "intervals": {"level": floor.level, "resamples": floor.resamples, "kid_subset_size": floor.kid_subset_size,
                           "resampled": "the generated (or floor) set, with replacement; the reference is fixed"},
@@ -327,6 +327,10 @@ def _reference_sentences(result: dict) -> str:
     if floor:
         parts.append(f"Floor (real images vs the reference, {floor['images']} images): FID {_figure(floor, 'fid', 3)}, "
                      f"KID {_figure(floor, 'kid', 4)}; a row's FID reads against it.")
+        wanted = floor.get("generated_images", floor["images"])
+        if floor["images"] < wanted:
+            parts.append(f"**The floor pool holds fewer real images than the {wanted} generated**: FID's small-sample "
+                         f"bias differs between the two counts, so the floor is only a rough guide here.")
     if intervals:
         parts.append(f"Intervals: {intervals['level']:.0%} percentile bootstrap, {intervals['resamples']} resamples "
                      f"of {intervals['resampled']}; KID over subsets of {intervals['kid_subset_size']}. Resamples "
