@@ -121,9 +121,11 @@ def test_quick_bench_json_plot_readme_and_bookkeeping(setup, capsys):
     (["--seeds", "0"], r"--seeds 0 is out of range"),
     (["--judge", "/nonexistent/judge.safetensors"], r"/nonexistent/judge.safetensors"),
     (["--data", "/nonexistent/data"], r"--data '/nonexistent/data' is not a folder"),
+    (["--seeds", "1", "--data", "DATA"], r"--seeds 1 gives 3 images for 3 classes; FID and KID need at least 4"),
 ])
 def test_bench_bad_input_is_one_line(setup, args, message):
-    args = [*args, "--judge", str(setup["judge"])] if args[0] == "--data" else args
+    if "--data" in args:                             # past the judge and data checks: a real judge, real images
+        args = [str(setup["data"]) if a == "DATA" else a for a in args] + ["--judge", str(setup["judge"])]
     import re
     proc = run_bench("--quick", "--ckpt", str(setup["ckpt"]), *args)
     assert proc.returncode == 2

@@ -131,6 +131,9 @@ def evaluate(args) -> dict:
     n_classes = ck.config.num_classes
     counts = counts_in_proportion(sets.reference_labels, n_classes, args.seeds * n_classes)
     labels = labels_for_counts(counts)                                       # (n,) in the reference's class mix
+    if len(labels) < 4:
+        raise NitroGenInputError(f"--seeds {args.seeds} gives {len(labels)} images for {n_classes} classes; FID and "
+                                 f"KID need at least 4 (use --seeds {-(-4 // n_classes)} or more)")
     noise = make_noise(ck.config, len(labels), seed=BENCH_SEED)              # (n, C, H, W)
     configs = build_configs(steps, cfg_scale, ck.width_schedule, SWEEPS["quick" if args.quick else "full"])
 

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,7 +27,7 @@ KID_MAX_SUBSET = 1000                 # KID's usual subset size; capped at half 
 BOOTSTRAP_RESAMPLES = 200
 BOOTSTRAP_LEVEL = 0.90
 BOOTSTRAP_SEED = 0
-KID_MAX_ROWS = 4096                   # KID's kernel matrices are precomputed: at most this many rows per set
+KID_MAX_ROWS = 2048                   # KID's kernel matrices are precomputed: at most this many rows per set
 KID_REPLICATE_WORK = 2**18            # per bootstrap replicate: subsets x m^2 kernel entries, at most (~ this)
 NEAR_COPY_DB = 30.0
 NN_CHUNK_ENTRIES = 2**22              # nearest-neighbour search: distance-matrix entries per chunk (32 MiB)
@@ -292,25 +293,25 @@ def nearest_psnr(samples: torch.Tensor, pool: torch.Tensor, chunk_entries: int =
     Both are (N, C, H, W) images, uint8 0..255 or float in [-1, 1] (rounded to uint8 levels first). The
     distance is the whole image's L2 over uint8 pixels; PSNR = 10 log10(255^2 / MSE), +inf for an exact
     copy. ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b in float64, which is exact for uint8 values (every
-    partial sum is an integer below 2^53). The pool is scanned in chunks so that a distance block has
-    at most `chunk_entries` entries whatever the sizes.
+    partial sum is an integer below 2^53). Samples and pool are taken in chunks so that no float64 block
+    (samples, pool images, distances) holds more than about `chunk_entries` values, whatever the sizes.
     """
     a, b = _as_uint8_images("nearest_psnr samples", samples), _as_uint8_images("nearest_psnr pool", pool)
     if a.shape[1:] != b.shape[1:]:
         raise NitroGenInputError(f"nearest_psnr: samples are {tuple(a.shape[1:])} but the pool is {tuple(b.shape[1:])}")
     if len(b) == 0:
         raise NitroGenInputError("nearest_psnr: the pool has no images")
-    x = a.flatten(1).to(torch.float64)                                              # (B, P)
-    pixels = x.shape[1]
-    rows = max(1, min(len(x), chunk_entries // max(1, min(len(b), chunk_entries))))
-    cols = max(1, chunk_entries // rows)
-    best = torch.full((len(x),), float("inf"), dtype=torch.float64)                  # smallest squared error
-    for lo in range(0, len(x), rows):
-        xi = x[lo:lo + rows]                                                        # (r, P)
-        xi_sq = xi.square().sum(1, keepdim=True)                                    # (r, 1)
+    pixels = a[0].numel() if len(a) else 1
+    # Every float64 block (samples r x P, pool c x P, distances r x c) holds at most ~chunk_entries values.
+    rows = max(1, min(len(a), chunk_entries // pixels, math.isqrt(chunk_entries)))
+    cols = max(1, min(len(b), chunk_entries // pixels, chunk_entries // rows))
+    best = torch.full((len(a),), float("inf"), dtype=torch.float64)                  # smallest squared error
+    for lo in range(0, len(a), rows):
+        x = a[lo:lo + rows].flatten(1).to(torch.float64)                            # (r, P)
+        x_sq = x.square().sum(1, keepdim=True)                                      # (r, 1)
         for plo in range(0, len(b), cols):
             y = b[plo:plo + cols].flatten(1).to(torch.float64)                      # (c, P)
-            sse = (xi_sq + y.square().sum(1)[None] - 2 * xi @ y.T).clamp(min=0)     # (r, c)
+            sse = (x_sq + y.square().sum(1)[None] - 2 * x @ y.T).clamp(min=0)       # (r, c)
             best[lo:lo + rows] = torch.minimum(best[lo:lo + rows], sse.min(1).values)
     mse = best / pixels
     return 10 * torch.log10(255.0**2 / mse)                                         # inf where mse == 0
