@@ -387,6 +387,11 @@ def test_heldout_layout_uses_the_heldout_split_as_reference(tmp_path):
     # Held-out labels index the training classes (blue, green, red), not the held-out folder's own list.
     assert sets.reference_labels.tolist() == [1, 1, 2, 2]
     assert "held-out split" in sets.describe()["note"]
+    tiny = tmp_path / "tiny_heldout"
+    write_disc_dataset(tiny / "train", 5, lambda i: (4 + i, 6), COLORS)
+    write_disc_dataset(tiny / "heldout", 1, lambda i: (9, 5), COLORS)
+    with pytest.raises(NitroGenInputError, match="held-out split has 3 images"):
+        load_real_sets(tiny, 16)
 
 
 def test_counts_in_proportion_labels_and_matched_draw():

@@ -344,6 +344,9 @@ def load_real_sets(data_dir: str | os.PathLike, image_size: int, classes: Sequen
         unknown = sorted(set(held.classes) - set(train.classes))
         if unknown:
             raise NitroGenInputError(f"--data {str(data_dir)!r}: held-out classes {unknown} have no training folder")
+        if len(held) < 4:
+            raise NitroGenInputError(f"--data {str(data_dir)!r}: the held-out split has {len(held)} images; FID/KID "
+                                     f"against it need at least 4")
         remap = torch.tensor([train.classes.index(c) for c in held.classes])
         held_labels = remap[held.labels]
         return RealSets(layout, tuple(train.classes), held.images, held_labels, train.images, train.labels,
