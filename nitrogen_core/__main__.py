@@ -338,15 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("bench", help="evidence benchmark: adaptive vs full, fewer steps, step caching, slim "
-                                     "(subcommands: judge, kernels, bound, tau)")
+                                     "(subcommands: judge, judge-check, kernels, bound, tau)")
     from .bench.evaluate import add_arguments, cmd_bench
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
-    bench_sub = p.add_subparsers(dest="bench_command", metavar="{judge,kernels,bound,tau}")
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="{judge,judge-check,kernels,bound,tau}")
     pj = bench_sub.add_parser("judge", help="train the judge classifier behind the domain FID")
-    from .bench.judge import add_judge_arguments, cmd_judge
+    from .bench.judge import add_judge_arguments, add_judge_check_arguments, cmd_judge
     add_judge_arguments(pj)
     pj.set_defaults(func=cmd_judge)
+    add_judge_check_arguments(bench_sub.add_parser(
+        "judge-check", help="does the judge's FID see blur, noise and hue shifts? (calibration table)"))
     pb = bench_sub.add_parser("bound", help="the adaptive sampler against an oracle gate and an exact executor: "
                                             "where its loss to step caching comes from")
     from .bench.bound import add_bound_arguments, cmd_bound
@@ -357,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tau_arguments(pt)
     pt.set_defaults(func=cmd_tau)
     # Listed for --help; main() hands `bench kernels ...` to bench.sparse_speed with its own flags.
-    bench_sub.add_parser("kernels", help="sparse vs dense U-Net forward speed (bench.sparse_speed; its own --help)")
+    bench_sub.add_parser("kernels", help="sparse vs dense forward speed of either backbone (bench.sparse_speed; its own --help)")
 
     from .train.cli import add_train_parser
     from .train.data import add_data_parser

@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
     model = perturbed(NitroGenModel(preset("tiny", num_classes=3))).eval()
     ckpt = save_checkpoint(root / "tiny.safetensors", model, kind="student", labels=list(CLASSES),
                            width_schedule=(1.0,), sampler={"steps": 6, "cfg": 1.5, "threshold": 0.3})
-    return {"root": root, "judge": judge, "ckpt": ckpt}
+    return {"root": root, "judge": judge, "ckpt": ckpt, "data": data}
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
@@ -56,12 +56,13 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
 def test_quick_bench_json_plot_readme_and_bookkeeping(setup, capsys):
     out_json, out_plot, readme = setup["root"] / "b.json", setup["root"] / "b.png", setup["root"] / "README.md"
     readme.write_bytes((README_BEFORE + "hand-written table\n" + README_AFTER).encode())
-    proc = run_bench("--quick", "--ckpt", str(setup["ckpt"]), "--judge", str(setup["judge"]),
+    proc = run_bench("--quick", "--ckpt", str(setup["ckpt"]), "--judge", str(setup["judge"]), "--data", str(setup["data"]),
                      "--seeds", "2", "--json", str(out_json), "--plot", str(out_plot), "--readme", str(readme))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out_json.read_text())
     assert result["command"] == (f"python -m nitrogen_core bench --quick --seeds 2 --ckpt {setup['ckpt']} "
-                                 f"--judge {setup['judge']} --json {out_json} --plot {out_plot} --readme {readme}")
+                                 f"--judge {setup['judge']} --data {setup['data']} --json {out_json} --plot {out_plot} "
+                                 f"--readme {readme}")
     written = readme.read_bytes().decode()
     assert written.startswith(README_BEFORE) and written.endswith(README_AFTER)
     assert "hand-written table" not in written
@@ -80,8 +81,19 @@ def test_quick_bench_json_plot_readme_and_bookkeeping(setup, capsys):
         assert isinstance(row["mode"], str) and isinstance(row["steps"], int)
         assert row["threshold"] is None or isinstance(row["threshold"], float)
         assert isinstance(row["macs_per_image"], int) and row["macs_per_image"] > 0
-        for key in ("seconds_per_image", "psnr_to_full", "fid", "ssim_to_full", "kid"):
+        for key in ("seconds_per_image", "psnr_to_full", "fid", "ssim_to_full", "kid", "fid_lo", "fid_hi", "kid_lo",
+                    "kid_hi", "floor", "near_copy"):
             assert isinstance(row[key], float), (key, row)
+        assert row["fid_lo"] <= row["fid_hi"] and row["kid_lo"] <= row["kid_hi"]
+        assert row["floor"] == result["floor"]["fid"] and 0.0 <= row["near_copy"] <= 1.0
+        assert row["near_copy_heldout"] is None                   # a plain ImageFolder has no held-out split
+    # The reference is half of the plain ImageFolder, and the output says so; the floor is at the same count.
+    assert result["reference"]["layout"] == "imagefolder" and "half" in result["reference"]["note"]
+    assert result["reference"]["reference_images"] == 6
+    assert result["floor"]["images"] == result["floor"]["generated_images"] == result["images"]
+    assert result["labels"] == {"blue": 2, "green": 2, "red": 2}
+    assert result["intervals"]["kid_subset_size"] < min(result["images"], result["reference"]["reference_images"])
+    assert "FID/KID reference: no held-out split" in written and "| floor |" in written
     assert {r["mode"] for r in rows} == {"full", "adaptive", "uniform", "cache", "slim"}
     full = rows[0]
     assert full["mode"] == "full" and full["mac_ratio"] == 1.0 and full["ssim_to_full"] == pytest.approx(1.0)
@@ -108,8 +120,12 @@ def test_quick_bench_json_plot_readme_and_bookkeeping(setup, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "0"], r"--seeds 0 is out of range"),
     (["--judge", "/nonexistent/judge.safetensors"], r"/nonexistent/judge.safetensors"),
+    (["--data", "/nonexistent/data"], r"--data '/nonexistent/data' is not a folder"),
+    (["--seeds", "1", "--data", "DATA"], r"--seeds 1 gives 3 images for 3 classes; FID and KID need at least 4"),
 ])
 def test_bench_bad_input_is_one_line(setup, args, message):
+    if "--data" in args:                             # past the judge and data checks: a real judge, real images
+        args = [str(setup["data"]) if a == "DATA" else a for a in args] + ["--judge", str(setup["judge"])]
     import re
     proc = run_bench("--quick", "--ckpt", str(setup["ckpt"]), *args)
     assert proc.returncode == 2
@@ -127,24 +143,39 @@ def test_bench_refuses_a_judge_for_other_classes(setup, tmp_path):
 
 # -- README block, rendering and --from-json, on a hand-made result (no sampling) ------------------------
 
-def _row(mode, steps, tau, mac, time, psnr, psnr_min, ssim, fid, kid, width=1.0):
-    return {"mode": mode, "steps": steps, "threshold": tau, "width": width, "macs_per_image": int(mac * 1e9),
-            "seconds_per_image": 0.2 * time, "psnr_to_full": psnr, "psnr_to_full_min": psnr_min,
-            "ssim_to_full": ssim, "fid": fid, "kid": kid, "kid_std": 0.01, "mac_ratio": mac, "time_ratio": time}
+def _row(mode, steps, tau, mac, time, psnr, psnr_min, ssim, fid, kid, width=1.0, old=False):
+    row = {"mode": mode, "steps": steps, "threshold": tau, "width": width, "macs_per_image": int(mac * 1e9),
+           "seconds_per_image": 0.2 * time, "psnr_to_full": psnr, "psnr_to_full_min": psnr_min,
+           "ssim_to_full": ssim, "fid": fid, "kid": kid, "mac_ratio": mac, "time_ratio": time}
+    if old:                          # a result written before intervals, floor and near-copies (docs/bench.json)
+        return {**row, "kid_std": 0.01}
+    return {**row, "fid_lo": fid - 0.05, "fid_hi": fid + 0.1, "kid_lo": kid - 0.01, "kid_hi": kid + 0.02,
+            "floor": 1.1, "near_copy": 0.25 if mode != "slim" else 0.0, "near_copy_heldout": None}
 
 
-def small_result(**extra) -> dict:
-    rows = [_row("full", 20, None, 1.0, 1.0, 100.0, 126.0, 1.0, 1.2, 0.05),
-            _row("adaptive", 20, 0.003, 0.8, 1.01, 55.12, 34.66, 0.9972, 1.2036, 0.0547),
-            _row("adaptive", 20, 0.01, 0.56, 0.74, 38.0, 27.0, 0.97, 1.23, 0.056),
-            _row("uniform", 16, None, 0.8, 0.8, 47.1, 13.6, 0.94, 1.225, 0.0555),
-            _row("uniform", 10, None, 0.5, 0.5, 34.0, 12.4, 0.85, 1.24, 0.0564),
-            _row("cache", 20, 0.003, 0.7, 0.76, 56.3, 41.0, 0.999, 1.204, 0.0545),
-            _row("cache", 20, 0.03, 0.4, 0.42, 38.0, 17.2, 0.96, 1.21, 0.0563),
-            _row("slim", 20, None, 0.25, 0.4, 15.5, 8.9, 0.38, 1.125, 0.0423, width=0.5)]
-    return {"rows": rows, "images": 108, "seeds": 12, "steps": 20, "cfg": 1.5, "repeats": 3, "threads": 2,
-            "quick": False, "judge": {"held_out_accuracy": 0.94, "feature_dim": 32, "reference_images": 249},
-            "default_threshold": 0.003, "default_point": default_point(rows, 0.003), **extra}
+def small_result(old: bool = False, **extra) -> dict:
+    rows = [_row("full", 20, None, 1.0, 1.0, 100.0, 126.0, 1.0, 1.2, 0.05, old=old),
+            _row("adaptive", 20, 0.003, 0.8, 1.01, 55.12, 34.66, 0.9972, 1.2036, 0.0547, old=old),
+            _row("adaptive", 20, 0.01, 0.56, 0.74, 38.0, 27.0, 0.97, 1.23, 0.056, old=old),
+            _row("uniform", 16, None, 0.8, 0.8, 47.1, 13.6, 0.94, 1.225, 0.0555, old=old),
+            _row("uniform", 10, None, 0.5, 0.5, 34.0, 12.4, 0.85, 1.24, 0.0564, old=old),
+            _row("cache", 20, 0.003, 0.7, 0.76, 56.3, 41.0, 0.999, 1.204, 0.0545, old=old),
+            _row("cache", 20, 0.03, 0.4, 0.42, 38.0, 17.2, 0.96, 1.21, 0.0563, old=old),
+            _row("slim", 20, None, 0.25, 0.4, 15.5, 8.9, 0.38, 1.125, 0.0423, width=0.5, old=old)]
+    result = {"rows": rows, "images": 108, "seeds": 12, "steps": 20, "cfg": 1.5, "repeats": 3, "threads": 2,
+              "quick": False, "judge": {"held_out_accuracy": 0.94, "feature_dim": 68, "reference_images": 124},
+              "default_threshold": 0.003, "default_point": default_point(rows, 0.003)}
+    if not old:
+        result.update({
+            "labels": {"a": 108},
+            "reference": {"layout": "imagefolder", "heldout_images": None, "reference_images": 124,
+                          "note": "no held-out split in this folder (a plain ImageFolder): reference = half B"},
+            "floor": {"fid": 1.1, "fid_lo": 1.15, "fid_hi": 1.3, "kid": 0.04, "kid_lo": 0.03, "kid_hi": 0.06,
+                      "images": 108},
+            "intervals": {"level": 0.9, "resamples": 200, "kid_subset_size": 54,
+                          "resampled": "the generated (or floor) set, with replacement; the reference is fixed"},
+            "near_copy_db": 30.0})
+    return {**result, **extra}
 
 
 def test_render_markdown_default_row_targets_and_matched_comparisons():
@@ -153,14 +184,23 @@ def test_render_markdown_default_row_targets_and_matched_comparisons():
     lines = text.splitlines()
     # No "command" (an older JSON): the documented command, completed with --readme.
     assert lines[0].startswith("Generated by `python -m nitrogen_core bench --json docs/bench.json "
-                               "--plot docs/bench.png --readme README.md`: 108 images (12 per class), 20 DDIM steps, "
-                               "cfg 1.5, 3 interleaved timing rounds on 2 CPU threads")
+                               "--plot docs/bench.png --readme README.md`: 108 images (classes in the reference's "
+                               "proportions), 20 DDIM steps, cfg 1.5, 3 interleaved timing rounds on 2 CPU threads")
     assert "94% held-out accuracy" in lines[0] and "quick" not in lines[0]
+    for sentence in ["FID/KID reference: no held-out split in this folder (a plain ImageFolder): reference = half B.",
+                     "Floor (real images vs the reference, 108 images): FID 1.100 [1.150, 1.300], "
+                     "KID 0.0400 [0.0300, 0.0600]",
+                     "Intervals: 90% percentile bootstrap, 200 resamples of the generated (or floor) set",
+                     "Near-copy: share of samples whose PSNR to the nearest training image exceeds 30 dB."]:
+        assert sentence in lines[0], sentence
     for expected in [
-        "| full | 20 | | 1.000 | 1.000 | – | 1.000 | 1.200 | 0.0500 |",
-        "| **adaptive** | 20 | 0.003 | 0.800 | 1.010 | 55.1 / 34.7 dB | 0.997 | 1.204 | 0.0547 |",
-        "| uniform | 16 | | 0.800 | 0.800 | 47.1 / 13.6 dB | 0.940 | 1.225 | 0.0555 |",
-        "| cache | 20 | 0.003 | 0.700 | 0.760 | 56.3 / 41.0 dB | 0.999 | 1.204 | 0.0545 |",
+        "| full | 20 | | 1.000 | 1.000 | – | 1.000 | 1.200 [1.150, 1.300] | 1.100 | 0.0500 [0.0400, 0.0700] | 25.0% |",
+        "| **adaptive** | 20 | 0.003 | 0.800 | 1.010 | 55.1 / 34.7 dB | 0.997 | 1.204 [1.154, 1.304] | 1.100 "
+        "| 0.0547 [0.0447, 0.0747] | 25.0% |",
+        "| uniform | 16 | | 0.800 | 0.800 | 47.1 / 13.6 dB | 0.940 | 1.225 [1.175, 1.325] | 1.100 "
+        "| 0.0555 [0.0455, 0.0755] | 25.0% |",
+        "| cache | 20 | 0.003 | 0.700 | 0.760 | 56.3 / 41.0 dB | 0.999 | 1.204 [1.154, 1.304] | 1.100 "
+        "| 0.0545 [0.0445, 0.0745] | 25.0% |",
         "- 3× fewer MACs: **no** (0.800 of full)",
         "- 2.5× lower time: **no** (1.010 of full)",
         "- FID within +3%: yes (+0.3%)",
@@ -175,14 +215,44 @@ def test_render_markdown_default_row_targets_and_matched_comparisons():
         # uniform 0.8 and cache 0.941 along theirs at time 0.74
         "| 0.01 | 0.560 | 0.740 | 38.0 dB / 1.230 | 36.6 dB / 1.237 | 47.8 dB / 1.207 | 44.5 dB / 1.228 "
         "| 55.2 dB / 1.204 | cache |",
-        "| full | 20 | | 1.000 | 1.000 | 0.2000 | – | – | 1.000 | 1.200 | 0.0500 |",
-        "| slim 0.5 | 20 | | 0.250 | 0.400 | 0.0800 | 15.5 | 8.9 | 0.380 | 1.125 | 0.0423 |",
+        "| full | 20 | | 1.000 | 1.000 | 0.2000 | – | – | 1.000 | 1.200 [1.150, 1.300] | 1.100 "
+        "| 0.0500 [0.0400, 0.0700] | 25.0% |",
+        "| slim 0.5 | 20 | | 0.250 | 0.400 | 0.0800 | 15.5 | 8.9 | 0.380 | 1.125 [1.075, 1.225] | 1.100 "
+        "| 0.0423 [0.0323, 0.0623] | 0.0% |",
     ]:
         assert expected in lines, expected
     sections = ["Generated by", "The default τ = 0.003", "Targets for the default point", "Matched comparisons",
                 "All rows"]
     positions = [text.index(s) for s in sections]
     assert positions == sorted(positions)
+
+
+def test_render_markdown_shows_a_held_out_near_copy_check():
+    result = small_result()
+    result["reference"]["heldout_images"] = 50
+    result["rows"][0]["near_copy_heldout"] = 0.125
+    text = render_markdown(result)
+    assert "| 25.0% / 12.5% |" in text and "nearest training image (/ held-out image) exceeds 30 dB" in text
+
+
+def test_render_markdown_flags_a_floor_smaller_than_the_generated_set():
+    result = small_result()
+    assert "fewer real images" not in render_markdown(result)
+    result["floor"].update(images=125, generated_images=540)
+    assert "**The floor pool holds fewer real images than the 540 generated**" in render_markdown(result)
+
+
+def test_an_older_result_without_intervals_renders_with_dashes(tmp_path, capsys):
+    """docs/bench.json from before the intervals: no fid_lo/hi, floor or near-copy; '–' in their place."""
+    text = render_markdown(small_result(old=True))
+    assert "| full | 20 | | 1.000 | 1.000 | 0.2000 | – | – | 1.000 | 1.200 | – | 0.0500 | – |" in text.splitlines()
+    assert "(12 per class)" in text and "Floor" not in text
+    saved, readme = tmp_path / "old.json", tmp_path / "README.md"
+    saved.write_text(json.dumps(small_result(old=True)))
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    assert cli_main(["bench", "--from-json", str(saved), "--readme", str(readme)]) == 0
+    assert render_markdown(small_result(old=True), str(readme)) in readme.read_text()
+    assert "1.200" in capsys.readouterr().out
 
 
 def test_render_markdown_uses_the_recorded_command_and_flags_a_quick_run():

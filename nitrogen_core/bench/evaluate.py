@@ -1,10 +1,11 @@
 """The evidence benchmark: adaptive vs full vs fewer uniform steps vs step caching vs slim width.
 
-    python -m nitrogen_core bench [--quick] [--json PATH] [--plot PATH] [--readme PATH] [--ckpt PATH]
-                                  [--seeds N] [--judge PATH] [--repeats R]
+    python -m nitrogen_core bench [--quick] [--data DIR] [--json PATH] [--plot PATH] [--readme PATH]
+                                  [--ckpt PATH] [--seeds N] [--judge PATH] [--repeats R]
     python -m nitrogen_core bench --from-json PATH [--plot PATH] [--readme PATH]   # no sampling
 
-One process, fixed seeds and labels (`seeds` images per class, the same noise for every mode).
+One process, fixed seeds and labels (the same noise for every mode): seeds x classes images, split over
+the classes in proportion to the FID reference set, so that FID compares like with like.
 Modes, all on the same DDIM solver with the same CFG:
 - full      N steps, width 1.0, every patch (the reference for PSNR/SSIM);
 - adaptive  N steps, the checkpoint's gate, swept over tau;
@@ -14,8 +15,16 @@ Modes, all on the same DDIM solver with the same CFG:
 Each configuration runs `repeats` times, interleaved (round r runs every configuration once);
 seconds per image are the median over rounds. Quality comes from the first round (sampling is
 deterministic). Metrics per row: MACs per image from the compute record, CPU seconds per image,
-PSNR and SSIM to `full` on the same seeds, and the domain FID and KID against the training
-data in the feature space of the judge classifier (`bench judge`) - not Inception-FID.
+PSNR and SSIM to `full` on the same seeds, the domain FID and KID in the judge's feature space
+(`bench judge`; not Inception-FID) with bootstrap 90% intervals (the generated set resampled with
+replacement, 200 times, seed 0; the reference fixed), the floor beside them, and the near-copy rate.
+
+Real images come from `--data DIR` (`load_real_sets`): with DIR/train + DIR/heldout the reference is the
+held-out split and the floor is training images vs it; a plain ImageFolder is split half/half (fixed,
+stratified): half B is the reference, half A the floor set, and the output says so. The floor is FID/KID
+of real images drawn at the generated set's count and class mix, so a row's FID reads against it.
+Near-copy rate: the share of samples whose PSNR (uint8, whole image) to the nearest training image
+exceeds 30 dB; with a held-out split also against the held-out images.
 
 `--readme PATH` replaces the text between the marker lines `<!-- bench:begin -->` and
 `<!-- bench:end -->` in PATH with `render_markdown(result)`; `--from-json` re-renders a saved result.
@@ -37,9 +46,11 @@ from PIL import Image, ImageDraw, ImageFont
 from ..checkpoint import BUNDLED_CHECKPOINT, atomic_file, load_checkpoint
 from ..errors import NitroGenInputError
 from ..sampler import SamplerSettings, make_noise, sample
-from .metrics import frechet_distance, kid, psnr, ssim
+from .metrics import NEAR_COPY_DB, near_copy_rate, psnr, set_distance, ssim
 
 DEFAULT_JUDGE = BUNDLED_CHECKPOINT.parent / "judge-emoji32.safetensors"
+DEFAULT_DATA = "data/emoji32"               # where the README's setup puts `data emoji`
+FLOOR_SEED = 0
 BENCH_SEED = 2025
 CHUNK = 32                                 # images per sampler call
 SWEEPS = {   # (adaptive taus, cache taus, uniform step counts) as fractions of N for uniform
@@ -109,22 +120,27 @@ def matched_uniform(configs: list[Config], steps: int, cfg_scale: float) -> list
 
 def evaluate(args) -> dict:
     ck = load_checkpoint(args.ckpt)
-    from .judge import load_judge
+    from .judge import counts_in_proportion, labels_for_counts, load_judge, load_real_sets, matched_draw
     judge = load_judge(args.judge)
     if tuple(judge.classes) != tuple(ck.labels):
         raise NitroGenInputError(f"judge {args.judge} was trained on classes {list(judge.classes)}, "
                                  f"the checkpoint has {list(ck.labels)}")
+    sets = load_real_sets(args.data, judge.image_size, ck.labels)
     steps = args.steps or ck.sampler.get("steps", 20)
     cfg_scale = ck.sampler.get("cfg", 1.5)
     n_classes = ck.config.num_classes
-    labels = torch.arange(n_classes).repeat(args.seeds)                      # (n,) seeds per class
+    counts = counts_in_proportion(sets.reference_labels, n_classes, args.seeds * n_classes)
+    labels = labels_for_counts(counts)                                       # (n,) in the reference's class mix
+    if len(labels) < 4:
+        raise NitroGenInputError(f"--seeds {args.seeds} gives {len(labels)} images for {n_classes} classes; FID and "
+                                 f"KID need at least 4 (use --seeds {-(-4 // n_classes)} or more)")
     noise = make_noise(ck.config, len(labels), seed=BENCH_SEED)              # (n, C, H, W)
     configs = build_configs(steps, cfg_scale, ck.width_schedule, SWEEPS["quick" if args.quick else "full"])
 
     total = len(configs)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    log(f"bench: {len(labels)} images ({args.seeds} per class), {steps} steps, cfg {cfg_scale}, "
-        f"{args.repeats} interleaved round(s)")
+    log(f"bench: {len(labels)} images (classes in the reference's proportions), {steps} steps, cfg {cfg_scale}, "
+        f"{args.repeats} interleaved round(s); {sets.describe()['note']}")
     for r in range(args.repeats):
         for i, c in enumerate(configs):
             c.run(ck.model, noise, labels)
@@ -139,19 +155,23 @@ def evaluate(args) -> dict:
             total = len(configs)
 
     full = configs[0]
-    reference = judge.reference_features
+    reference = judge.features(sets.reference)                               # (M, D)
+    floor_images = sets.floor_pool[matched_draw(sets.floor_labels, counts, FLOOR_SEED)]
+    floor = set_distance(judge.features(floor_images), reference)
     rows = []
     for c in configs:
-        feats = judge.features(c.images)
+        d = set_distance(judge.features(c.images), reference)
         p, s = psnr(c.images, full.images), ssim(c.images, full.images)
-        kid_mean, kid_std = kid(feats, reference, seed=0)
         rows.append({
             "mode": c.mode, "steps": c.settings.steps, "threshold": c.threshold, "width": c.settings.width,
             "macs_per_image": int(round(c.macs_per_image)),
             "seconds_per_image": statistics.median(c.seconds),
             "psnr_to_full": float(p.clamp(max=100).mean()), "psnr_to_full_min": float(p.min()),
             "ssim_to_full": float(s.mean()),
-            "fid": frechet_distance(feats, reference), "kid": kid_mean, "kid_std": kid_std,
+            "fid": d.fid, "fid_lo": d.fid_lo, "fid_hi": d.fid_hi, "kid": d.kid, "kid_lo": d.kid_lo, "kid_hi": d.kid_hi,
+            "floor": floor.fid,
+            "near_copy": near_copy_rate(c.images, sets.train),
+            "near_copy_heldout": None if sets.heldout is None else near_copy_rate(c.images, sets.heldout),
         })
     # MAC ratios against full compute at N steps (a uniform k-step row's own macs_full is smaller).
     full_macs = rows[0]["macs_per_image"]
@@ -161,10 +181,17 @@ def evaluate(args) -> dict:
     order = {"full": 0, "adaptive": 1, "uniform": 2, "cache": 3, "slim": 4}
     rows.sort(key=lambda r: (order[r["mode"]], -r["mac_ratio"]))
     return {"rows": rows, "ckpt": str(args.ckpt), "seeds": args.seeds, "images": len(labels),
+            "labels": dict(zip(ck.labels, counts)),
             "device": "cpu", "threads": torch.get_num_threads(), "steps": steps, "cfg": cfg_scale,
             "repeats": args.repeats, "quick": bool(args.quick),
             "judge": {"path": str(args.judge), "held_out_accuracy": judge.meta.get("held_out_accuracy"),
-                      "feature_dim": int(reference.shape[1]), "reference_images": int(reference.shape[0])},
+                      "feature_dim": judge.dim, "reference_images": int(len(sets.reference))},
+            "reference": sets.describe(),
+            "floor": {**floor.as_dict(), "images": int(len(floor_images)), "generated_images": len(labels),
+                      "what": "real images (floor pool) at the generated set's count and class mix vs the reference"},
+            "intervals": {"level": floor.level, "resamples": floor.resamples, "kid_subset_size": floor.kid_subset_size,
+                          "resampled": "the generated (or floor) set, with replacement; the reference is fixed"},
+            "near_copy_db": NEAR_COPY_DB,
             "default_threshold": SamplerSettings().threshold,
             "default_point": default_point(rows, SamplerSettings().threshold)}
 
@@ -200,14 +227,39 @@ def _mode_label(row: dict) -> str:
     return row["mode"] if row["mode"] != "slim" else f"slim {row['width']:g}"
 
 
+def _figure(row: dict, key: str, digits: int) -> str:
+    """"1.234 [1.100, 1.400]" (the figure and its interval), "1.234" without an interval, "–" if absent
+    (a result written before the intervals were measured)."""
+    value = row.get(key)
+    if value is None:
+        return "–"
+    lo, hi = row.get(key + "_lo"), row.get(key + "_hi")
+    text = f"{value:.{digits}f}"
+    return text if lo is None or hi is None else f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _floor(row: dict) -> str:
+    return "–" if row.get("floor") is None else f"{row['floor']:.3f}"
+
+
+def _near_copy(row: dict) -> str:
+    """Share of near-copies of training images (and of held-out images, when measured)."""
+    if row.get("near_copy") is None:
+        return "–"
+    held = row.get("near_copy_heldout")
+    return f"{row['near_copy']:.1%}" + ("" if held is None else f" / {held:.1%}")
+
+
 def format_table(result: dict) -> str:
     head = (f"{'mode':9s} {'steps':>5s} {'tau':>7s} {'MACs/full':>9s} {'time/full':>9s} {'s/image':>8s} "
-            f"{'PSNR':>6s} {'min':>6s} {'SSIM':>6s} {'FID':>7s} {'KID':>8s}")
+            f"{'PSNR':>6s} {'min':>6s} {'SSIM':>6s} {'FID [90% interval]':>25s} {'floor':>7s} "
+            f"{'KID [90% interval]':>28s} {'near-copy':>13s}")
     lines = [head]
     for r in result["rows"]:
         lines.append(f"{_mode_label(r):9s} {r['steps']:5d} {_tau(r):>7s} {r['mac_ratio']:9.3f} {r['time_ratio']:9.3f} "
                      f"{r['seconds_per_image']:8.4f} {r['psnr_to_full']:6.1f} {r['psnr_to_full_min']:6.1f} "
-                     f"{r['ssim_to_full']:6.3f} {r['fid']:7.3f} {r['kid']:8.4f}")
+                     f"{r['ssim_to_full']:6.3f} {_figure(r, 'fid', 3):>25s} {_floor(r):>7s} "
+                     f"{_figure(r, 'kid', 4):>28s} {_near_copy(r):>13s}")
     return "\n".join(lines)
 
 
@@ -261,21 +313,48 @@ def _summary_line(result: dict, readme: str) -> str:
         judge_facts.append(f"{judge['feature_dim']}-d features")
     if "reference_images" in judge:
         judge_facts.append(f"{judge['reference_images']} reference images")
-    return (f"Generated by `{command}`: {run}{result['images']} images ({result['seeds']} per class), "
+    mix = ("classes in the reference's proportions" if "labels" in result else f"{result['seeds']} per class")
+    line = (f"Generated by `{command}`: {run}{result['images']} images ({mix}), "
             f"{result['steps']} DDIM steps, cfg {result['cfg']:g}, "
             f"{_count(result['repeats'], 'interleaved timing round')} on {_count(result['threads'], 'CPU thread')}; "
             f"the judge behind the domain FID/KID: {', '.join(judge_facts)}.")
+    return line + _reference_sentences(result)
+
+
+def _reference_sentences(result: dict) -> str:
+    """What FID is measured against, the floor, the intervals and the near-copy rule (newer results only)."""
+    parts = []
+    reference, floor, intervals = result.get("reference"), result.get("floor"), result.get("intervals")
+    if reference:
+        parts.append(f"FID/KID reference: {reference['note']}.")
+    if floor:
+        parts.append(f"Floor (real images vs the reference, {floor['images']} images): FID {_figure(floor, 'fid', 3)}, "
+                     f"KID {_figure(floor, 'kid', 4)}; a row's FID reads against it.")
+        wanted = floor.get("generated_images", floor["images"])
+        if floor["images"] < wanted:
+            parts.append(f"**The floor pool holds fewer real images than the {wanted} generated**: FID's small-sample "
+                         f"bias differs between the two counts, so the floor is only a rough guide here.")
+    if intervals:
+        parts.append(f"Intervals: {intervals['level']:.0%} percentile bootstrap, {intervals['resamples']} resamples "
+                     f"of {intervals['resampled']}; KID over subsets of {intervals['kid_subset_size']}. Resamples "
+                     f"repeat images, so FID's interval sits above its figure: compare intervals.")
+    if "near_copy_db" in result:
+        held = reference and reference.get("heldout_images") is not None
+        parts.append(f"Near-copy: share of samples whose PSNR to the nearest training image"
+                     f"{' (/ held-out image)' if held else ''} exceeds {result['near_copy_db']:g} dB.")
+    return "".join(" " + p for p in parts)
 
 
 def _default_table(full: dict, point: dict, threshold: float) -> str:
     def cells(row: dict, label: str) -> list[str]:
         worst = "–" if row["mode"] == "full" else f"{row['psnr_to_full']:.1f} / {row['psnr_to_full_min']:.1f} dB"
         return [label, str(row["steps"]), _tau(row), f"{row['mac_ratio']:.3f}", f"{row['time_ratio']:.3f}",
-                worst, f"{row['ssim_to_full']:.3f}", f"{row['fid']:.3f}", f"{row['kid']:.4f}"]
+                worst, f"{row['ssim_to_full']:.3f}", _figure(row, "fid", 3), _floor(row), _figure(row, "kid", 4),
+                _near_copy(row)]
     rows = [cells(full, "full"), cells(point["adaptive"], "**adaptive**")]
     rows += [cells(point[mode], mode) for mode in ("uniform", "cache") if point.get(mode)]
     header = ["mode", "steps", "τ", "MACs/full", "time/full", "PSNR to full (mean / worst)", "SSIM",
-              "domain FID", "KID"]
+              "domain FID [90%]", "floor", "KID [90%]", "near-copy"]
     return (f"The default τ = {threshold:g} next to the baselines nearest its MACs:\n\n"
             + _markdown_table(header, rows))
 
@@ -337,9 +416,9 @@ def _all_rows_table(rows: list[dict]) -> str:
                       else [f"{r['psnr_to_full']:.1f}", f"{r['psnr_to_full_min']:.1f}"])
         table.append([_mode_label(r), str(r["steps"]), _tau(r), f"{r['mac_ratio']:.3f}", f"{r['time_ratio']:.3f}",
                       f"{r['seconds_per_image']:.4f}", *psnr_cells, f"{r['ssim_to_full']:.3f}",
-                      f"{r['fid']:.3f}", f"{r['kid']:.4f}"])
+                      _figure(r, "fid", 3), _floor(r), _figure(r, "kid", 4), _near_copy(r)])
     header = ["mode", "steps", "τ", "MACs/full", "time/full", "s/image", "PSNR to full (dB)", "worst (dB)",
-              "SSIM", "domain FID", "KID"]
+              "SSIM", "domain FID [90%]", "floor", "KID [90%]", "near-copy"]
     return "All rows:\n\n" + _markdown_table(header, table)
 
 
@@ -448,6 +527,11 @@ def _panel(draw, font, box, rows, x_key, y_key, x_label, y_label) -> None:
     pl, pr, pt, pb = left + 48, right - 10, top + 18, bottom - 30          # plot area
     xs = [r[x_key] for r in rows]
     ys = [r[y_key] for r in rows]
+    # FID panels: each point's interval as a vertical bar, the floor as a dashed grey line.
+    bars = [(r[x_key], r[y_key + "_lo"], r[y_key + "_hi"], r["mode"]) for r in rows
+            if r.get(y_key + "_lo") is not None and r.get(y_key + "_hi") is not None]
+    floor = rows[0].get("floor") if y_key == "fid" else None
+    ys += [v for _, lo, hi, _ in bars for v in (lo, hi)] + ([floor] if floor is not None else [])
     x0, x1 = 0.0, max(xs) * 1.05
     y0, y1 = min(ys), max(ys)
     pad = (y1 - y0) * 0.08 or 1.0
@@ -463,6 +547,12 @@ def _panel(draw, font, box, rows, x_key, y_key, x_label, y_label) -> None:
         draw.text((left + 2, fy(yv) - 6), f"{yv:.3g}", fill="black", font=font)
     draw.text(((pl + pr) // 2 - 40, bottom - 14), x_label, fill="black", font=font)
     draw.text((pl, top + 2), y_label, fill="black", font=font)
+    if floor is not None:
+        for xa in range(int(pl), int(pr), 8):
+            draw.line([xa, fy(floor), min(xa + 4, pr), fy(floor)], fill=(120, 120, 120))
+        draw.text((pr - 40, fy(floor) - 12), "floor", fill=(120, 120, 120), font=font)
+    for x, lo, hi, mode in bars:
+        draw.line([fx(x), fy(lo), fx(x), fy(hi)], fill=COLORS[mode])
     for mode, color in COLORS.items():
         pts = sorted((fx(r[x_key]), fy(r[y_key])) for r in rows if r["mode"] == mode)
         if len(pts) > 1:
@@ -478,7 +568,7 @@ def plot(result: dict, path: Path) -> None:
     img = Image.new("RGB", (W, H + 30), "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()
     capped = [{**r, "psnr_to_full": min(r["psnr_to_full"], 70.0)} for r in rows]  # full itself sits at the cap
-    panels = [("mac_ratio", "fid", "MACs / full", "domain FID (lower is better)"),
+    panels = [("mac_ratio", "fid", "MACs / full", "domain FID, 90% interval, floor (lower is better)"),
               ("mac_ratio", "psnr_to_full", "MACs / full", "PSNR to full, dB (capped at 70)"),
               ("seconds_per_image", "fid", "CPU seconds per image", "domain FID"),
               ("seconds_per_image", "psnr_to_full", "CPU seconds per image", "PSNR to full, dB")]
@@ -510,7 +600,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(the sampling flags are ignored)")
     p.add_argument("--ckpt", default=str(BUNDLED_CHECKPOINT), help="checkpoint (default: the bundled one)")
     p.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge classifier for FID/KID (bench judge)")
-    p.add_argument("--seeds", type=int, default=None, help="images per class (default 12, quick 2)")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help=f"real images for the FID reference, the floor and the near-copy check (default {DEFAULT_DATA}): "
+                        "DIR/train + DIR/heldout, or a plain ImageFolder (then split half/half)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="images per class on average: seeds x classes images in the reference's class "
+                        "proportions (default 12, quick 2)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds (default 3, quick 1)")
     p.add_argument("--steps", type=int, default=None, help="N, the full step count (default: checkpoint's)")
 
@@ -525,6 +620,7 @@ def bench_command(args) -> str:
     given = [("--seeds", args.seeds), ("--repeats", args.repeats), ("--steps", args.steps),
              ("--ckpt", None if args.ckpt == str(BUNDLED_CHECKPOINT) else args.ckpt),
              ("--judge", None if args.judge == str(DEFAULT_JUDGE) else args.judge),
+             ("--data", None if args.data == DEFAULT_DATA else args.data),
              ("--json", args.json), ("--plot", args.plot), ("--readme", args.readme)]
     return command_line(["python -m nitrogen_core bench", *(["--quick"] if args.quick else [])], given)
 

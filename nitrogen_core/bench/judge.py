@@ -1,20 +1,37 @@
-"""The domain judge: a small emoji classifier whose 32-d feature layer replaces Inception for FID/KID.
+"""The domain judge: a small emoji classifier whose features replace Inception for FID/KID, and its check.
 
 Inception features know nothing about 32 px emoji on white, and a 2048-d covariance cannot be estimated
-from the 100-300 samples a benchmark draws here. So the benchmark measures distances in the feature space
-of a classifier trained on our own data, with a deliberately small FEATURE layer (32-d).
+from the 100-300 samples a benchmark draws here. So the benchmark measures distances in a small feature
+space of our own. A classifier's last layer alone is the wrong space: trained to name the class, it is
+built to ignore blur and noise (format 1 of this file, a 32-d embedding, barely moved under a 2x blur).
+So the judge's FID features (68-d) join three blocks, each dimension standardised by its spread over
+the judge's training images (stored in the file):
+
+* the classifier's 32-d embedding: what the image shows (class, layout);
+* the stem conv's energy, mean |conv(x)| per channel *before* GroupNorm (24): colour and edge content.
+  Statistics after a GroupNorm cannot see energy at all: the norm rescales every group to unit variance;
+* fixed 3x3 Laplacian magnitudes per RGB channel, quantiles 0.5/0.75/0.9/0.99 (12): sharpness and noise.
+  The Laplacian is 0 on flat areas, so noise lifts its low quantiles and blur lowers its high ones.
+
+Images are rounded to uint8 levels before anything else, as a saved PNG would be (real data is uint8).
+`bench judge-check` measures whether the features see blur, noise and hue shifts beyond the spread of
+clean images (docs/judge_calibration.md).
 
 * `JudgeNet`: conv + GroupNorm + SiLU stages with stride-2 downsampling (any square size that is a multiple
-  of 8), global average pool, a linear 32-d feature layer, then a linear class head.
+  of 8), global average pool, a linear 32-d embedding, then a linear class head.
 * `train_judge(data_dir, out_path, ...)`: stratified held-out split, emoji-safe augmentation (shifts with
   white fill, mild brightness/contrast; never flips: flags, keys and arrows are not mirror-symmetric), AdamW
-  with warm-up + cosine LR, label smoothing. It reports held-out and train accuracy, then stores the weights,
-  the un-augmented features of ALL images (`reference_features`, (N, 32)) and JSON metadata in one
-  .safetensors file.
+  with warm-up + cosine LR, label smoothing. On a folder with DIR/train and DIR/heldout it trains on
+  DIR/train only. It reports held-out and train accuracy, then stores the weights, the FID features'
+  mean and std over all its images, and JSON metadata in one .safetensors file.
 * `load_judge(path)` validates the file (header, metadata, tensor names and shapes) before loading it, never
   unpickles, and returns a `Judge` with `.features(images)`.
+* `load_real_sets(data_dir)`: the reference, floor and near-copy sets of a data folder (held-out split, or
+  a fixed half/half split of a plain ImageFolder).
+* `calibrate(judge, sets)`: FID/KID of clean and corrupted real images against the reference.
 
-CLI: `python -m nitrogen_core.bench.judge --data DIR --out PATH [--steps N] [--seed S]`.
+CLI: `python -m nitrogen_core bench judge --data DIR [--out PATH] [--steps N] [--seed S]` and
+`python -m nitrogen_core bench judge-check --data DIR [--judge PATH] [--json PATH] [--markdown PATH]`.
 """
 from __future__ import annotations
 
@@ -22,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,19 +52,21 @@ from torch import nn
 
 from ..errors import NitroGenInputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                     # 2: standardised 68-d FID features (1: the bare 32-d embedding)
 KIND = "judge"
-FEATURE_DIM = 32                       # low on purpose: the covariance must be estimable from ~100 samples
+FEATURE_DIM = 32                       # the classifier's embedding; the FID features add two blocks to it
 WIDTHS = (24, 48, 96, 128)             # stem width, then one stride-2 stage per further entry
 GROUPS = 8                             # GroupNorm groups; every width is a multiple of this
-REFERENCE_KEY = "reference_features"
+LAPLACIAN_QUANTILES = (0.5, 0.75, 0.9, 0.99)
+FEATURE_STD_FLOOR = 1e-2               # a feature that is (nearly) constant on real images is not blown up
+MEAN_KEY, STD_KEY = "feature_mean", "feature_std"
 WEIGHT_PREFIX = "model."
 SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 DEFAULT_OUT = "checkpoints/judge-emoji32.safetensors"
 BUNDLED_JUDGE = Path(__file__).resolve().parent.parent.parent / "checkpoints" / "judge-emoji32.safetensors"
-REQUIRED_META = ("format", "kind", "classes", "image_size", "feature_dim", "architecture", "held_out_accuracy",
-                 "train_accuracy", "n_train", "n_held_out", "steps", "seed", "data")
+REQUIRED_META = ("format", "kind", "classes", "image_size", "feature_dim", "architecture", "fid_features",
+                 "held_out_accuracy", "train_accuracy", "n_train", "n_held_out", "steps", "seed", "data")
 
 DEFAULT_STEPS = 1200
 DEFAULT_BATCH = 64
@@ -68,9 +88,19 @@ class ConvNormAct(nn.Sequential):
                          nn.GroupNorm(groups, c_out), nn.SiLU())
 
 
+def laplacian_quantiles(x: torch.Tensor, quantiles: Sequence[float] = LAPLACIAN_QUANTILES) -> torch.Tensor:
+    """(B, 3, S, S) in [-1, 1] -> (B, 3 * len(quantiles)): quantiles of |3x3 Laplacian| over each RGB
+    channel of the [0, 1] image (valid positions only, so no border effect), channel-major."""
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype, device=x.device)
+    laplacian = F.conv2d((x + 1) / 2, kernel.expand(3, 1, 3, 3), groups=3).abs()     # (B, 3, S-2, S-2)
+    q = torch.tensor(quantiles, dtype=x.dtype, device=x.device)
+    return torch.quantile(laplacian.flatten(2), q, dim=2).permute(1, 2, 0).flatten(1)  # (B, 3 * Q)
+
+
 class JudgeNet(nn.Module):
-    """(B, 3, S, S) in [-1, 1] -> features (B, feature_dim) -> logits (B, num_classes); S a multiple of 8
-    when there are 3 stride-2 stages (the default)."""
+    """(B, 3, S, S) in [-1, 1] -> embedding (B, feature_dim) -> logits (B, num_classes); S a multiple of 8
+    when there are 3 stride-2 stages (the default). `fid_features` gives the raw (unstandardised)
+    FID features: [embedding, stem energy, Laplacian quantiles]."""
 
     def __init__(self, num_classes: int, widths: Sequence[int] = WIDTHS, feature_dim: int = FEATURE_DIM,
                  groups: int = GROUPS):
@@ -98,6 +128,16 @@ class JudgeNet(nn.Module):
     def downsampling(self) -> int:
         return 2 ** (len(self.widths) - 1)
 
+    @property
+    def fid_blocks(self) -> dict:
+        """Name -> width of each FID feature block, in order (stored in the file and checked on load)."""
+        return {"embedding": self.feature_dim, "stem_energy": self.widths[0],
+                "laplacian_quantiles": 3 * len(LAPLACIAN_QUANTILES)}
+
+    @property
+    def fid_dim(self) -> int:
+        return sum(self.fid_blocks.values())
+
     def architecture(self) -> dict:
         return {"widths": list(self.widths), "feature_dim": self.feature_dim, "groups": self.groups,
                 "num_classes": self.num_classes}
@@ -105,6 +145,14 @@ class JudgeNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         h = self.body(x)                          # (B, C_last, S / 8, S / 8)
         return self.feature(h.mean((2, 3)))       # (B, feature_dim)
+
+    def fid_features(self, x: torch.Tensor) -> torch.Tensor:
+        stem = self.body[0]
+        pre_norm = stem[0](x)                                                    # (B, C_0, S, S), before GroupNorm
+        h = self.body[1:](stem[2](stem[1](pre_norm)))                            # (B, C_last, S / 8, S / 8)
+        embedding = self.feature(h.mean((2, 3)))                                 # (B, feature_dim)
+        energy = pre_norm.abs().mean((2, 3))                                     # (B, C_0)
+        return torch.cat([embedding, energy, laplacian_quantiles(x)], 1)         # (B, fid_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))        # (B, num_classes)
@@ -157,6 +205,13 @@ def _as_float_images(images: torch.Tensor) -> torch.Tensor:
     if images.dtype == torch.uint8:
         return images.float().div(127.5).sub(1.0)
     return images.float()
+
+
+def _as_png_levels(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) uint8, or float in [-1, 1] rounded to the 256 levels a saved PNG keeps -> float32 [-1, 1]."""
+    if images.dtype == torch.uint8:
+        return _as_float_images(images)
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).div(127.5).sub(1.0)
 
 
 @torch.no_grad()
@@ -212,6 +267,132 @@ def _git_commit() -> str | None:
         return None
 
 
+# -- real image sets: reference, floor and near-copy pools -----------------------------------------------
+
+TRAIN_SPLIT, HELDOUT_SPLIT = "train", "heldout"
+HALF_SPLIT_SEED = 0                    # the fixed half/half split of a plain ImageFolder
+
+
+def data_layout(root: str | os.PathLike) -> str:
+    """"heldout" when DIR/train and DIR/heldout are folders (the v2 corpus), else "imagefolder"."""
+    root = Path(root).expanduser()
+    return "heldout" if (root / TRAIN_SPLIT).is_dir() and (root / HELDOUT_SPLIT).is_dir() else "imagefolder"
+
+
+def training_folder(root: str | os.PathLike) -> Path:
+    """The folder a model trains on: DIR/train in the held-out layout, else DIR itself."""
+    root = Path(root).expanduser()
+    return root / TRAIN_SPLIT if data_layout(root) == "heldout" else root
+
+
+@dataclass(frozen=True)
+class RealSets:
+    """The real images a benchmark compares against, all uint8 (N, 3, S, S) with labels (N,) into `classes`.
+
+    reference     the FID/KID reference: held-out images, or half B of a plain ImageFolder;
+    floor_pool    real images the floor draws from (at the generated set's count and class mix):
+                  training images, or half A of a plain ImageFolder;
+    train         the near-copy pool: every image a model may have trained on (DIR/train, or all of DIR);
+    heldout       the second near-copy pool (the held-out split), or None for a plain ImageFolder.
+    """
+
+    layout: str
+    classes: tuple[str, ...]
+    reference: torch.Tensor
+    reference_labels: torch.Tensor
+    floor_pool: torch.Tensor
+    floor_labels: torch.Tensor
+    train: torch.Tensor
+    heldout: torch.Tensor | None
+    data: str
+
+    def describe(self) -> dict:
+        if self.layout == "heldout":
+            how = (f"reference: the held-out split ({len(self.reference)} images); floor: training images vs "
+                   f"the held-out split at the generated set's count")
+        else:
+            how = (f"no held-out split in this folder (a plain ImageFolder): reference = half B of a fixed "
+                   f"stratified half/half split (seed {HALF_SPLIT_SEED}, {len(self.reference)} images); floor: "
+                   f"half A vs half B at the generated set's count; near-copies are checked against all "
+                   f"{len(self.train)} images")
+        return {"layout": self.layout, "data": self.data, "reference_images": int(len(self.reference)),
+                "floor_pool_images": int(len(self.floor_pool)), "train_images": int(len(self.train)),
+                "heldout_images": None if self.heldout is None else int(len(self.heldout)), "note": how}
+
+
+def load_real_sets(data_dir: str | os.PathLike, image_size: int, classes: Sequence[str] | None = None) -> RealSets:
+    """The reference, floor and near-copy sets of a data folder (see RealSets).
+
+    DIR/train + DIR/heldout (the v2 corpus): reference = held-out, floor and near-copy pool = train.
+    Otherwise DIR is a plain ImageFolder, whose images are all training images: a fixed stratified
+    half/half split gives the reference (half B) and the floor pool (half A); the near-copy pool is all.
+    `classes`, if given (e.g. the checkpoint's labels), must equal the folder's classes.
+    """
+    from ..train.data import load_image_folder
+
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise NitroGenInputError(f"--data {str(data_dir)!r} is not a folder; give the real images "
+                                 f"(e.g. `python -m nitrogen_core data emoji --out DIR`)")
+    layout = data_layout(root)
+    train = load_image_folder(training_folder(root), image_size)
+    if classes is not None and tuple(classes) != tuple(train.classes):
+        raise NitroGenInputError(f"--data {str(data_dir)!r} has classes {list(train.classes)}; expected "
+                                 f"{list(classes)}")
+    if layout == "heldout":
+        held = load_image_folder(root / HELDOUT_SPLIT, image_size)
+        unknown = sorted(set(held.classes) - set(train.classes))
+        if unknown:
+            raise NitroGenInputError(f"--data {str(data_dir)!r}: held-out classes {unknown} have no training folder")
+        if len(held) < 4:
+            raise NitroGenInputError(f"--data {str(data_dir)!r}: the held-out split has {len(held)} images; FID/KID "
+                                     f"against it need at least 4")
+        remap = torch.tensor([train.classes.index(c) for c in held.classes])
+        held_labels = remap[held.labels]
+        return RealSets(layout, tuple(train.classes), held.images, held_labels, train.images, train.labels,
+                        train.images, held.images, str(data_dir))
+    return half_split_sets(train.images, train.labels, train.classes, str(data_dir))
+
+
+def half_split_sets(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], data: str) -> RealSets:
+    """RealSets of a plain ImageFolder's images (uint8, labels): a stratified half/half split with a fixed
+    seed; half B is the reference, half A the floor pool, and all images are the near-copy pool."""
+    a_index, b_index = stratified_split(labels, 0.5, HALF_SPLIT_SEED)
+    if len(a_index) < 4 or len(b_index) < 4:
+        raise NitroGenInputError(f"--data {data!r} has {len(labels)} images; a half/half split needs >= 8")
+    return RealSets("imagefolder", tuple(classes), images[b_index], labels[b_index], images[a_index],
+                    labels[a_index], images, None, data)
+
+
+def counts_in_proportion(labels: torch.Tensor, num_classes: int, total: int) -> list[int]:
+    """`total` split over classes in proportion to their frequency in `labels` (largest remainder;
+    ties go to the lower class index). Deterministic."""
+    freq = torch.bincount(labels, minlength=num_classes).double()                   # (K,)
+    share = freq / freq.sum() * total
+    counts = share.floor().long()
+    order = sorted(range(num_classes), key=lambda c: (-(share[c] - counts[c]).item(), c))
+    for c in order[:total - int(counts.sum())]:
+        counts[c] += 1
+    return counts.tolist()
+
+
+def labels_for_counts(counts: Sequence[int]) -> torch.Tensor:
+    """Class labels with counts[c] of class c, interleaved round-robin (0, 1, 2, ..., 0, 1, ...)."""
+    rounds = max(counts, default=0)
+    return torch.tensor([c for r in range(rounds) for c, n in enumerate(counts) if r < n], dtype=torch.long)
+
+
+def matched_draw(labels: torch.Tensor, counts: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """Indices into `labels`: counts[c] images of class c drawn without replacement (all of them when the
+    class has fewer), from a generator seeded with `seed`; sorted."""
+    generator = torch.Generator().manual_seed(int(seed))
+    picked = []
+    for c, n in enumerate(counts):
+        members = torch.nonzero(labels == c).flatten()
+        picked.append(members[torch.randperm(len(members), generator=generator)[:n]])
+    return torch.cat(picked).sort().values if picked else torch.empty(0, dtype=torch.long)
+
+
 # -- training -------------------------------------------------------------------------------------------
 
 def train_judge(data_dir: str | os.PathLike, out_path: str | os.PathLike, *, steps: int = DEFAULT_STEPS,
@@ -219,9 +400,11 @@ def train_judge(data_dir: str | os.PathLike, out_path: str | os.PathLike, *, ste
                 weight_decay: float = 0.05, label_smoothing: float = 0.1, progress: bool = True) -> dict:
     """Train the judge on an ImageFolder, save it to `out_path`, and return its metadata (a dict).
 
-    Deterministic for a fixed seed (model init, split, batches and augmentation all derive from it).
-    The saved model is the one trained on the train split only, so held_out_accuracy is honest;
-    reference_features cover all N images, un-augmented, in load_image_folder order.
+    With DIR/train and DIR/heldout (the v2 corpus) it trains on DIR/train only: the held-out emoji are
+    the FID reference and stay unseen. Deterministic for a fixed seed (model init, split, batches and
+    augmentation all derive from it). The saved model is trained on its own train split only, so
+    held_out_accuracy is honest (`held_out` is the judge's accuracy split, not the corpus's). The FID
+    features' mean and std are taken over all the images it loaded, un-augmented.
     """
     from tqdm import tqdm
     from ..train.common import Dist, batch_indices, learning_rate, step_generator
@@ -234,8 +417,9 @@ def train_judge(data_dir: str | os.PathLike, out_path: str | os.PathLike, *, ste
         raise NitroGenInputError(f"--held-out {held_out!r} must be a fraction in [0, 1)")
     out_path = _check_out_path(out_path)
     root = Path(data_dir).expanduser()
-    image_size = _detect_image_size(root)
-    data = load_image_folder(root, image_size)
+    folder = training_folder(root)
+    image_size = _detect_image_size(folder)
+    data = load_image_folder(folder, image_size)
     downsampling = 2 ** (len(WIDTHS) - 1)
     if image_size % downsampling:
         raise NitroGenInputError(f"images in {str(root)!r} are {image_size} px; the judge needs a multiple of "
@@ -281,7 +465,8 @@ def train_judge(data_dir: str | os.PathLike, out_path: str | os.PathLike, *, ste
     for c, name in enumerate(data.classes):
         mine = labels[held_index] == c
         per_class[name] = [int((held_predictions[mine] == c).sum()), int(mine.sum())]
-    reference = _batched(model.features, images).contiguous()                       # (N, feature_dim)
+    fid_raw = _batched(model.fid_features, images)                                  # (N, fid_dim)
+    feature_mean, feature_std = fid_raw.mean(0), fid_raw.std(0).clamp(min=FEATURE_STD_FLOOR)   # (fid_dim,)
 
     meta = {
         "format": FORMAT_VERSION,
@@ -290,6 +475,8 @@ def train_judge(data_dir: str | os.PathLike, out_path: str | os.PathLike, *, ste
         "image_size": image_size,
         "feature_dim": model.feature_dim,
         "architecture": model.architecture(),
+        "fid_features": model.fid_blocks,
+        "fid_features_normalised_on": int(len(images)),
         "held_out_accuracy": _accuracy(model, images[held_index], labels[held_index]),
         "held_out_per_class": per_class,                  # class -> [correct, held-out images]
         "train_accuracy": _accuracy(model, train_images, train_labels),
@@ -305,23 +492,27 @@ def train_judge(data_dir: str | os.PathLike, out_path: str | os.PathLike, *, ste
         "final_loss": loss_value,
         "seconds": round(time.perf_counter() - started, 1),
         "data": str(data_dir),
+        "data_layout": data_layout(root),
         "data_source": _read_data_source(root),
         "commit": _git_commit(),
     }
-    save_judge(out_path, model, reference, meta)
+    save_judge(out_path, model, feature_mean, feature_std, meta)
     return meta
 
 
 # -- file format ----------------------------------------------------------------------------------------
 
-def save_judge(path: str | os.PathLike, model: JudgeNet, reference_features: torch.Tensor, meta: dict) -> Path:
-    """Write weights (as `model.<name>`), `reference_features` and metadata (each value a JSON string) atomically."""
+def save_judge(path: str | os.PathLike, model: JudgeNet, feature_mean: torch.Tensor, feature_std: torch.Tensor,
+               meta: dict) -> Path:
+    """Write weights (as `model.<name>`), the FID features' `feature_mean` and `feature_std` and metadata
+    (each value a JSON string) atomically."""
     from ..checkpoint import write_safetensors_atomic
 
     path = _check_out_path(path)
     tensors = {WEIGHT_PREFIX + k: v.detach().to(torch.float32).contiguous().clone()
                for k, v in model.state_dict().items()}
-    tensors[REFERENCE_KEY] = reference_features.detach().to(torch.float32).contiguous().clone()
+    tensors[MEAN_KEY] = feature_mean.detach().to(torch.float32).contiguous().clone()
+    tensors[STD_KEY] = feature_std.detach().to(torch.float32).contiguous().clone()
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise NitroGenInputError(f"{path}: cannot save: tensor {name!r} contains NaN or Inf")
@@ -331,11 +522,13 @@ def save_judge(path: str | os.PathLike, model: JudgeNet, reference_features: tor
 
 @dataclass(frozen=True)
 class Judge:
-    """A loaded judge: `.model` (eval mode, no grad), `.classes`, `.reference_features` (N, 32), `.meta`."""
+    """A loaded judge: `.model` (eval mode, no grad), `.classes`, the FID features' `.feature_mean` and
+    `.feature_std` (fid_dim,), `.meta`."""
 
     model: JudgeNet
     classes: tuple[str, ...]
-    reference_features: torch.Tensor
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
     meta: dict
     path: str = ""
     image_size: int = field(default=32)
@@ -348,8 +541,20 @@ class Judge:
             raise NitroGenInputError(f"judge: images are {images.shape[-2]}x{images.shape[-1]} but this judge "
                                      f"was trained on {self.image_size}x{self.image_size}")
 
+    @property
+    def dim(self) -> int:
+        return self.model.fid_dim
+
     def features(self, images: torch.Tensor, batch_size: int = FEATURE_BATCH) -> torch.Tensor:
-        """(B, 3, S, S) float in [-1, 1] (or uint8 0..255) -> float32 (B, feature_dim), batched internally."""
+        """FID/KID features: (B, 3, S, S) uint8 0..255 or float in [-1, 1] -> float32 (B, fid_dim).
+        Float images are first rounded to uint8 levels (as a saved PNG); each dimension is standardised
+        with the mean and std over the judge's training images."""
+        self._check_images(images)
+        raw = _batched(lambda x: self.model.fid_features(_as_png_levels(x)), images.cpu(), batch_size)
+        return ((raw.reshape(len(images), self.dim) - self.feature_mean) / self.feature_std).contiguous()
+
+    def embedding(self, images: torch.Tensor, batch_size: int = FEATURE_BATCH) -> torch.Tensor:
+        """The classifier's embedding (B, feature_dim), as in format 1 (no rounding, no standardising)."""
         self._check_images(images)
         return _batched(self.model.features, images.cpu(), batch_size).reshape(len(images), self.model.feature_dim)
 
@@ -402,13 +607,14 @@ def _header(path: Path) -> tuple[dict, dict]:
             meta[key] = json.loads(text)
         except (ValueError, RecursionError):
             raise _fail(path, f"metadata {key!r} is not valid JSON") from None
+    if "kind" in meta and meta["kind"] != KIND:
+        raise _fail(path, f"metadata kind is {meta['kind']!r}; expected {KIND!r}")
+    if "format" in meta and meta["format"] != FORMAT_VERSION:
+        raise _fail(path, f"format is {meta['format']!r}; this version reads format {FORMAT_VERSION} (retrain it: "
+                          f"python -m nitrogen_core bench judge --data DIR)")
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise _fail(path, f"metadata is missing {missing}")
-    if meta["kind"] != KIND:
-        raise _fail(path, f"metadata kind is {meta['kind']!r}; expected {KIND!r}")
-    if meta["format"] != FORMAT_VERSION:
-        raise _fail(path, f"format is {meta['format']!r}; this version reads format {FORMAT_VERSION}")
     return entries, meta
 
 
@@ -430,7 +636,11 @@ def _model_from_meta(path: Path, meta: dict) -> JudgeNet:
     image_size = meta["image_size"]
     if not _is_int(image_size) or not 1 <= image_size <= 1024 or image_size % 2 ** (len(widths) - 1):
         raise _fail(path, f"metadata image_size {image_size!r} must be a positive multiple of {2 ** (len(widths) - 1)}")
-    return JudgeNet(len(classes), widths, feature_dim, groups)
+    model = JudgeNet(len(classes), widths, feature_dim, groups)
+    if meta["fid_features"] != model.fid_blocks:
+        raise _fail(path, f"metadata fid_features {str(meta['fid_features'])[:120]} do not match this version's "
+                          f"{model.fid_blocks}")
+    return model
 
 
 def load_judge(path: str | os.PathLike = BUNDLED_JUDGE) -> Judge:
@@ -442,8 +652,7 @@ def load_judge(path: str | os.PathLike = BUNDLED_JUDGE) -> Judge:
     entries, meta = _header(path)
     model = _model_from_meta(path, meta)
     expected = {WEIGHT_PREFIX + k: list(v.shape) for k, v in model.state_dict().items()}
-    n_images = meta["n_train"] + meta["n_held_out"] if all(_is_int(meta[k]) for k in ("n_train", "n_held_out")) else -1
-    expected[REFERENCE_KEY] = [n_images, model.feature_dim]
+    expected[MEAN_KEY] = expected[STD_KEY] = [model.fid_dim]
     missing = sorted(set(expected) - set(entries))
     if missing:
         raise _fail(path, f"is missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -461,10 +670,190 @@ def load_judge(path: str | os.PathLike = BUNDLED_JUDGE) -> Judge:
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise _fail(path, f"tensor {name!r} contains NaN or Inf")
-    model.load_state_dict({k[len(WEIGHT_PREFIX):]: v for k, v in tensors.items() if k != REFERENCE_KEY}, strict=True)
+    if not (tensors[STD_KEY] >= torch.tensor(FEATURE_STD_FLOOR, dtype=torch.float32)).all():
+        raise _fail(path, f"tensor {STD_KEY!r} has values below {FEATURE_STD_FLOOR} (features would be blown up)")
+    model.load_state_dict({k[len(WEIGHT_PREFIX):]: v for k, v in tensors.items()
+                           if k.startswith(WEIGHT_PREFIX)}, strict=True)
     model.eval().requires_grad_(False)
-    return Judge(model=model, classes=tuple(meta["classes"]), reference_features=tensors[REFERENCE_KEY],
-                 meta=meta, path=str(path), image_size=meta["image_size"])
+    return Judge(model=model, classes=tuple(meta["classes"]), feature_mean=tensors[MEAN_KEY],
+                 feature_std=tensors[STD_KEY], meta=meta, path=str(path), image_size=meta["image_size"])
+
+
+# -- calibration: does the judge see blur, noise and hue shifts? ----------------------------------------
+
+# Strengths per corruption; the REQUIRED ones must move FID beyond the clean interval (issue 11).
+CORRUPTIONS = {"blur": (4 / 3, 2.0, 4.0), "noise": (0.02, 0.05, 0.1, 0.2), "hue": (0.02, 0.05, 0.1, 0.25)}
+REQUIRED = (("blur", 2.0), ("noise", 0.1), ("hue", 0.1))
+NOISE_SEED = 0
+CALIBRATION_MARKDOWN = "docs/judge_calibration.md"
+CALIBRATION_JSON = "docs/judge_calibration.json"
+
+
+def blur(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> uint8: area-average down to round(S / factor) px, then bilinear back up to S
+    (align_corners=False). factor 2: each 2x2 block averaged, then interpolated back."""
+    size = images.shape[-1]
+    small = F.interpolate(images.float(), size=max(1, round(size / factor)), mode="area")
+    return F.interpolate(small, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+
+
+def add_noise(images: torch.Tensor, sigma: float, seed: int = NOISE_SEED) -> torch.Tensor:
+    """uint8 -> uint8: Gaussian noise of std `sigma` on [0, 1] pixels (fixed seed), clipped to [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    unit = images.float() / 255 + sigma * torch.randn(images.shape, generator=generator)
+    return (unit.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _rgb_to_hsv(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) in [0, 1] -> hue in turns [0, 1), saturation, value, each (B, H, W)."""
+    r, g, b = rgb.unbind(1)
+    value, low = rgb.amax(1), rgb.amin(1)
+    chroma = value - low
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue = torch.where(value == r, ((g - b) / safe) % 6,
+                      torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
+    saturation = torch.where(value > 0, chroma / torch.where(value > 0, value, torch.ones_like(value)), value * 0)
+    return hue, saturation, value
+
+
+def _hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    def channel(n: int) -> torch.Tensor:
+        k = (n + hue * 6) % 6
+        return value - value * saturation * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    return torch.stack([channel(5), channel(3), channel(1)], 1)                     # (B, 3, H, W)
+
+
+def hue_shift(images: torch.Tensor, turns: float) -> torch.Tensor:
+    """uint8 -> uint8: HSV hue rotated by `turns` (0.1 = 36 degrees); greys and white are unchanged."""
+    hue, saturation, value = _rgb_to_hsv(images.float() / 255)
+    return (_hsv_to_rgb((hue + turns) % 1, saturation, value) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def corrupt(images: torch.Tensor, kind: str, strength: float) -> torch.Tensor:
+    if kind == "blur":
+        return blur(images, strength)
+    if kind == "noise":
+        return add_noise(images, strength)
+    if kind == "hue":
+        return hue_shift(images, strength)
+    raise NitroGenInputError(f"corruption {kind!r} is unknown; use one of {sorted(CORRUPTIONS)}")
+
+
+def corruption_label(kind: str, strength: float) -> str:
+    if kind == "blur":
+        return f"blur: area down to {round(32 / strength)} px of 32, bilinear up (x{strength:.3g})"
+    if kind == "noise":
+        return f"Gaussian noise sigma {strength:g} (of [0, 1]), clipped"
+    return f"hue shift {strength:g} turns ({360 * strength:g} deg)"
+
+
+def calibrate(judge: Judge, sets: RealSets, *, resamples: int = 200, seed: int = 0,
+              corruptions: dict | None = None, embedding_check: bool = True) -> dict:
+    """FID/KID against the reference of: clean real images (the floor set at the reference's count and class
+    mix), and the same images under each corruption at each strength. Every figure has its bootstrap
+    interval (the probe set resampled, the reference fixed). A corruption is seen when its FID interval
+    lies wholly above the clean one (fid_lo > clean fid_hi). `corruptions` (default CORRUPTIONS) maps a
+    kind to its strengths; it must hold the REQUIRED ones. With `embedding_check`, the embedding block
+    alone (format 1's features) is measured on the required corruptions for comparison."""
+    from .metrics import psnr, set_distance
+
+    reference_counts = torch.bincount(sets.reference_labels, minlength=len(sets.classes)).tolist()
+    probe = sets.floor_pool[matched_draw(sets.floor_labels, reference_counts, seed)]      # (n, 3, S, S) uint8
+    reference_feats = judge.features(sets.reference)
+    distance = lambda images: set_distance(judge.features(images), reference_feats, resamples=resamples, seed=seed)
+    clean = distance(probe)
+    corruptions = CORRUPTIONS if corruptions is None else corruptions
+    absent = [f"{kind} {strength:g}" for kind, strength in REQUIRED if strength not in corruptions.get(kind, ())]
+    if absent:
+        raise NitroGenInputError(f"calibrate: corruptions must include the required {absent}")
+    rows = []
+    for kind, strengths in corruptions.items():
+        for strength in strengths:
+            images = corrupt(probe, kind, strength)
+            d = distance(images)
+            rows.append({"corruption": kind, "strength": strength, "label": corruption_label(kind, strength),
+                         "psnr_to_clean": float(psnr(_as_float_images(images), _as_float_images(probe))
+                                                .clamp(max=100).mean()),
+                         **d.as_dict(), "fid_beyond_clean": d.fid_lo > clean.fid_hi,
+                         "kid_beyond_clean": d.kid_lo > clean.kid_hi})
+    reference_embedding = judge.embedding(sets.reference)
+    embedding_rows = []
+    for kind, strength in (("clean", None), *REQUIRED) if embedding_check else ():
+        images = probe if kind == "clean" else corrupt(probe, kind, strength)
+        d = set_distance(judge.embedding(images), reference_embedding, resamples=resamples, seed=seed)
+        embedding_rows.append({"corruption": kind, "strength": strength, **d.as_dict()})
+    for row in embedding_rows[1:]:
+        row["fid_beyond_clean"] = row["fid_lo"] > embedding_rows[0]["fid_hi"]
+    required = {f"{kind} {strength:g}": next(r["fid_beyond_clean"] for r in rows
+                                             if r["corruption"] == kind and r["strength"] == strength)
+                for kind, strength in REQUIRED}
+    return {"judge": {"path": _display_path(judge.path), "fid_dim": judge.dim, "fid_features": judge.model.fid_blocks,
+                      "held_out_accuracy": judge.meta.get("held_out_accuracy"), "data": judge.meta.get("data"),
+                      "commit": judge.meta.get("commit")},
+            "sets": sets.describe(), "probe_images": int(len(probe)), "resamples": resamples, "seed": seed,
+            "level": clean.level, "clean": clean.as_dict(), "rows": rows, "embedding_only": embedding_rows,
+            "required": required, "passed": all(required.values())}
+
+
+def _display_path(path: str) -> str:
+    """A path inside this repository relative to its root (docs stay the same on every machine)."""
+    root = BUNDLED_JUDGE.parent.parent
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return path
+
+
+def _interval(row: dict, key: str, digits: int) -> str:
+    return f"{row[key]:.{digits}f} [{row[key + '_lo']:.{digits}f}, {row[key + '_hi']:.{digits}f}]"
+
+
+def render_calibration(result: dict) -> str:
+    """docs/judge_calibration.md from a calibrate() result (plus its "command"); deterministic."""
+    clean, sets, judge = result["clean"], result["sets"], result["judge"]
+    accuracy = judge.get("held_out_accuracy")
+    lines = [
+        "# Judge calibration: does the domain FID see blur, noise and hue shifts?",
+        "",
+        f"Generated by `{result.get('command', 'python -m nitrogen_core bench judge-check')}`.",
+        "",
+        f"- Judge: `{judge['path']}`, {judge['fid_dim']}-d FID features "
+        f"({', '.join(f'{k} {v}' for k, v in judge['fid_features'].items())}), each standardised by its spread "
+        f"over the judge's training images; held-out accuracy "
+        f"{'unknown' if accuracy is None else f'{accuracy:.1%}'}.",
+        f"- Data `{sets['data']}`, layout `{sets['layout']}`: {sets['note']}.",
+        f"- Probe: {result['probe_images']} real images drawn from the floor pool at the reference's count and "
+        f"class mix; every corruption is applied to these same images (rounded to uint8, as a PNG).",
+        f"- Intervals: {result['level']:.0%} percentile bootstrap, {result['resamples']} resamples (seed "
+        f"{result['seed']}) of the probe set with replacement; the reference is fixed. KID: mean over subsets of "
+        f"{clean['kid_subset_size']} images from each set. Resamples hold ~63% distinct images, so FID's "
+        f"interval sits above its point figure; compare intervals with intervals.",
+        "- **Seen** = the corrupted FID interval lies wholly above the clean one (lo > clean hi).",
+        "",
+        f"Clean (floor): FID {_interval(clean, 'fid', 3)}, KID {_interval(clean, 'kid', 4)}.",
+        "",
+        "| corruption | strength | PSNR to clean (dB) | FID [90% interval] | KID [90% interval] | seen |",
+        "|---|---|---|---|---|---|",
+        f"| none (clean) | – | – | {_interval(clean, 'fid', 3)} | {_interval(clean, 'kid', 4)} | – |",
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row['label']} | {row['strength']:.3g} | {row['psnr_to_clean']:.1f} | "
+                     f"{_interval(row, 'fid', 3)} | {_interval(row, 'kid', 4)} | "
+                     f"{'yes' if row['fid_beyond_clean'] else '**no**'} |")
+    lines += ["", "Required (issue 11): " + ", ".join(f"{k}: {'seen' if v else '**not seen**'}"
+                                                       for k, v in result["required"].items())
+              + (". All seen." if result["passed"] else ". **Not all seen.**"), ""]
+    if not result["embedding_only"]:
+        return "\n".join(lines) + "\n"
+    lines += ["For comparison, the classifier's embedding alone (the 32-d feature of judge format 1, not "
+              "standardised), same images and bootstrap:", "",
+              "| corruption | strength | FID [90% interval] | seen |", "|---|---|---|---|"]
+    for row in result["embedding_only"]:
+        strength = "–" if row["strength"] is None else f"{row['strength']:.3g}"
+        seen = "–" if row["corruption"] == "clean" else ("yes" if row["fid_beyond_clean"] else "**no**")
+        lines.append(f"| {row['corruption']} | {strength} | {_interval(row, 'fid', 3)} | {seen} |")
+    return "\n".join(lines) + "\n"
 
 
 # -- CLI ------------------------------------------------------------------------------------------------
@@ -518,6 +907,51 @@ def cmd_judge(args: argparse.Namespace) -> int:
           f"{meta['train_accuracy']:.1%} ({meta['n_train']} images), {len(meta['classes'])} classes, "
           f"{meta['steps']} steps in {meta['seconds']:.0f} s")
     return 0
+
+
+def add_judge_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--data DIR (required), --judge PATH, --json PATH, --markdown PATH, --resamples N, --seed S."""
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="real images: DIR/train + DIR/heldout, or a plain ImageFolder (split half/half)")
+    parser.add_argument("--judge", default=str(BUNDLED_JUDGE), metavar="PATH",
+                        help="judge file to check (default: the bundled one)")
+    parser.add_argument("--json", default=None, metavar="PATH", help=f"write the result here (e.g. {CALIBRATION_JSON})")
+    parser.add_argument("--markdown", default=None, metavar="PATH",
+                        help=f"write the calibration table here (e.g. {CALIBRATION_MARKDOWN})")
+    parser.add_argument("--resamples", type=int, default=200, metavar="N", help="bootstrap resamples (default 200)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the probe draw and bootstrap (default 0)")
+    parser.set_defaults(func=cmd_judge_check)
+    return parser
+
+
+def judge_check_command(args: argparse.Namespace) -> str:
+    """This run's command line: the flags given, paths as given."""
+    given = [("--data", args.data), ("--judge", None if args.judge == str(BUNDLED_JUDGE) else args.judge),
+             ("--resamples", None if args.resamples == 200 else args.resamples),
+             ("--seed", None if args.seed == 0 else args.seed), ("--json", args.json), ("--markdown", args.markdown)]
+    return " ".join(["python -m nitrogen_core bench judge-check",
+                     *(f"{flag} {shlex.quote(str(value))}" for flag, value in given if value is not None)])
+
+
+def cmd_judge_check(args: argparse.Namespace) -> int:
+    """Print the calibration table; write --json/--markdown. Exit 1 when a required corruption is not seen."""
+    _check_int("resamples", args.resamples, 10, 100_000)
+    _check_int("seed", args.seed, 0, MAX_SEED)
+    for flag, value, suffix in (("--json", args.json, ".json"), ("--markdown", args.markdown, ".md")):
+        if value is not None and Path(value).suffix.lower() != suffix:
+            raise NitroGenInputError(f"{flag} {value!r} must end in {suffix}")
+    judge = load_judge(args.judge)
+    sets = load_real_sets(args.data, judge.image_size, judge.classes)
+    result = {**calibrate(judge, sets, resamples=args.resamples, seed=args.seed), "command": judge_check_command(args)}
+    text = render_calibration(result)
+    print(text, end="")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+    return 0 if result["passed"] else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
