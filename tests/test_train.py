@@ -3,6 +3,7 @@ torchrun keeps ranks identical, and the student's schedule/gate helpers do what 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -197,3 +198,20 @@ def test_choose_threshold_by_the_tail_rule():
     assert choose_threshold(rows, TailRule(32.0, 20.0)) == 0.1
     assert choose_threshold(rows, TailRule(34.0, 20.0)) == 0.01      # the 1st percentile decides
     assert choose_threshold(rows, TailRule(70.0, 20.0)) == 0.0
+
+
+def test_a_run_started_before_a_config_field_existed_resumes(tiny_data, tmp_path):
+    """Code that adds a config field (at its default) must not refuse a run it already started:
+    the saved config is resolved as the current code reads it before comparing."""
+    first = train_teacher(teacher_settings(tiny_data, tmp_path, stop_after=2))
+    assert first["step"] == 2
+    file = tmp_path / "config.json"
+    saved = json.loads(file.read_text())
+    for key in ("backbone", "token_size", "dit_dim"):              # fields a later commit added
+        del saved["config"][key]
+    file.write_text(json.dumps(saved))
+    assert train_teacher(teacher_settings(tiny_data, tmp_path))["done"]
+    saved["config"]["base_channels"] += 4                          # a real change is still refused
+    file.write_text(json.dumps(saved))
+    with pytest.raises(NitroGenInputError, match="different command"):
+        train_teacher(teacher_settings(tiny_data, tmp_path))

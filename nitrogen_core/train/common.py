@@ -146,7 +146,7 @@ class RunDir:
         file = self.path / "config.json"
         settings = json.loads(json.dumps(settings))        # tuples -> lists, as they read back
         if file.exists():
-            saved = json.loads(file.read_text())
+            saved = _with_resolved_config(json.loads(file.read_text()))
             changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k)
                              and k not in RESUMABLE_CHANGES)
             if changed:
@@ -184,6 +184,19 @@ class RunDir:
             return load_file(str(self.state_file)), meta
         except Exception as exc:   # noqa: BLE001 - any unreadable state is the same user-facing problem
             raise NitroGenInputError(f"{self.state_file} is unreadable ({exc}); delete it to restart the run") from None
+
+
+def _with_resolved_config(saved: dict) -> dict:
+    """A run's saved settings with its model config resolved as the current code reads it, so a
+    config field added since the run started (at its default value) does not refuse the rerun."""
+    from ..config import NitroGenConfig
+    if not isinstance(saved.get("config"), dict):
+        return saved
+    try:
+        resolved = NitroGenConfig.from_dict(saved["config"]).to_dict()
+    except (ValueError, TypeError):
+        return saved                                   # not readable now: compared as written
+    return {**saved, "config": json.loads(json.dumps(resolved))}
 
 
 # Settings a rerun may change without starting over: how long this invocation runs, how often it reports.
