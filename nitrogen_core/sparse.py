@@ -20,7 +20,6 @@ gather of contiguous pixel rows and 3x3 windows at the image edge need no padded
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ._kernels import load_kernels
+from .executor import Executor, StepCosts
 from .model.layers import SlimConv2d, SlimGroupNorm
 from .model.ops import DenseOps, MacCounter, Ops, dense_attention, dense_conv
 from .model.unet import UNet
@@ -322,107 +322,19 @@ def masked_dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: t
     return out.interior.clone()
 
 
-class UNetExecutor:
-    """The U-Net's side of the adaptive sampler: it runs what the policy (sampler.py) chose, per
-    sample of the model batch, against one activation cache, and keeps the last model output.
+class UNetExecutor(Executor):
+    """The U-Net's executor (see executor.Executor): units are block_size px pixel blocks."""
 
-    A step computes some samples whole (a dense forward, written into their rows of the cache; when
-    every sample is dense the cache is rebuilt, at the step's width) and recomputes the active
-    blocks of others (a sparse forward at the cache's width). Every sample's result depends on
-    its own inputs and cache rows only, never on which other samples share the batch.
-    """
+    def dense_forward(self, x, t, labels, width, record):
+        return dense_forward(self.net, x, t, labels, width, record=record)
 
-    def __init__(self, unet: UNet, record: bool):
-        self.unet, self.record = unet, record       # record=False: never sparse, keep no cache
-        self.cache: ActivationCache | None = None
-        self.out: torch.Tensor | None = None        # (Bm, C, H, W) the last model output
+    def dense_forward_rows(self, x, t, labels, cache, rows):
+        return dense_forward_rows(self.net, x, t, labels, cache, rows)
 
-    @property
-    def width(self) -> float | None:
-        """The width every cached activation was computed at (sparse steps run at it)."""
-        return None if self.cache is None else self.cache.width
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the executor holds between steps: the activation cache and the last output."""
-        out = 0 if self.out is None else self.out.numel() * self.out.element_size()
-        return out + (0 if self.cache is None else self.cache.nbytes)
-
-    def costs(self, width: float) -> "StepCosts":
-        return step_costs(self.unet, width)
-
-    def step(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
-             dense_rows: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (Bm, C, H, W), t (Bm,), labels (Bm,); dense_rows (Bm,) bool: samples computed whole at
-        `width`; blocks (Bm, nb, nb) bool: active blocks of the other samples. Returns (out
-        (Bm, C, H, W), fresh where computed and the last output elsewhere; MACs per sample (Bm,))."""
-        if bool(dense_rows.all()):
-            self.cache = None                       # freed before the new one is built: one cache at a time
-            self.out, self.cache, macs = dense_forward(self.unet, x, t, labels, width, record=self.record)
-            return self.out, macs
-        if self.cache is None or self.out is None:
-            raise RuntimeError("internal error: a partial step needs the cache of an earlier dense step")
-        if bool(dense_rows.any()) and width != self.cache.width:
-            raise RuntimeError(f"internal error: dense rows at width {width} into a cache at width {self.cache.width}")
-        out, macs = self.out.clone(), torch.zeros(x.shape[0], dtype=torch.int64)
-        rows = dense_rows.nonzero(as_tuple=True)[0]                               # (n,)
-        if len(rows):
-            out[rows], macs[rows.cpu()] = dense_forward_rows(self.unet, x[rows], t[rows], labels[rows],
-                                                             self.cache, rows)
-        sparse_blocks = blocks & ~dense_rows[:, None, None]
-        if bool(sparse_blocks.any()):
-            fresh, sparse_macs = sparse_forward(self.unet, x, t, labels, self.cache, sparse_blocks)
-            computed = sparse_blocks.flatten(1).any(1)                            # (Bm,)
-            out[computed] = fresh[computed]
-            macs += sparse_macs
-        self.out = out
-        return out, macs
-
-
-@dataclass(frozen=True)
-class StepCosts:
-    """MACs per sample of one step at one width: `dense`, or base + n * per_block for n > 0 blocks."""
-    dense: int
-    base: int
-    per_block: int
-    blocks: int            # blocks per image
-
-    def of(self, n: torch.Tensor | int) -> torch.Tensor:
-        n = torch.as_tensor(n, dtype=torch.int64)
-        return torch.where(n > 0, self.base + n * self.per_block, torch.zeros_like(n))
-
-    def max_blocks(self, macs: torch.Tensor) -> torch.Tensor:
-        """Most blocks per sample affordable within `macs` (B,) MACs."""
-        n = (macs - self.base).div(self.per_block, rounding_mode="floor")
-        return n.clamp(0, self.blocks)
-
-
-_COSTS: "weakref.WeakKeyDictionary[UNet, dict[float, StepCosts]]" = weakref.WeakKeyDictionary()
+    def sparse_forward(self, x, t, labels, cache, units):
+        return sparse_forward(self.net, x, t, labels, cache, units)
 
 
 def step_costs(unet: UNet, width: float) -> StepCosts:
-    """Measure the cost model by running the executor itself on 0, 1 and 2 active blocks.
-
-    Reading the counts from real (tiny) executions keeps one source of truth for MACs: the
-    executor. Memoised per network instance and width.
-    """
-    per_width = _COSTS.setdefault(unet, {})
-    if width not in per_width:
-        cfg = unet.cfg
-        nb = cfg.image_size // cfg.block_size
-        if nb * nb < 2:
-            raise ValueError(f"image_size/block_size={nb} gives fewer than 2 blocks; sparse execution needs more")
-        p = next(unet.parameters())
-        x = torch.zeros(3, cfg.in_channels, cfg.image_size, cfg.image_size, device=p.device, dtype=p.dtype)
-        t = torch.zeros(3, device=p.device, dtype=p.dtype)
-        labels = torch.zeros(3, dtype=torch.long, device=p.device)
-        _, cache, dense = dense_forward(unet, x, t, labels, width)
-        mask = torch.zeros(3, nb * nb, dtype=torch.bool, device=p.device)
-        mask[1, :1] = mask[2, :2] = True
-        _, macs = sparse_forward(unet, x, t, labels, cache, mask.view(3, nb, nb))
-        per_block = int(macs[2] - macs[1])
-        costs = StepCosts(dense=int(dense[0]), base=int(macs[1]) - per_block, per_block=per_block, blocks=nb * nb)
-        if int(macs[0]) != 0 or costs.base + nb * nb * per_block != costs.dense:
-            raise RuntimeError(f"MAC accounting is inconsistent at width {width}: {macs.tolist()} vs dense {costs.dense}")
-        per_width[width] = costs
-    return per_width[width]
+    """MACs of a dense step and of n active blocks at `width` (measured once; see Executor.costs)."""
+    return UNetExecutor(unet, record=True).costs(width)

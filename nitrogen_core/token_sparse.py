@@ -36,7 +36,6 @@ key/value (9.4 MB at batch 16) whatever is active, plus ~20 small ops per block.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 
 from ._kernels import load_kernels
 from .model.dit import DiT, attend, patchify, unit_group, unpatchify
-from .sparse import StepCosts
+from .executor import Executor, StepCosts
 
 
 @dataclass
@@ -248,85 +247,20 @@ def masked_dense_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: tor
     return unpatchify(cache.out, C, H, W, p, g)
 
 
-class DiTExecutor:
-    """The transformer's side of the adaptive sampler (the interface of sparse.UNetExecutor): it runs
-    what the policy chose, per sample of the model batch, against one token cache, and keeps the
-    last model output. Units are block_size px squares of whole tokens.
+class DiTExecutor(Executor):
+    """The transformer's executor (see executor.Executor): units are block_size px squares of whole
+    tokens; a sparse step recomputes the active units' tokens only."""
 
-    A step computes some samples whole (written into their rows of the cache; when every sample is
-    dense the cache is rebuilt at the step's width, the old one freed first) and the active units'
-    tokens of others (at the cache's width). Every sample's result depends on its own inputs and
-    cache rows only."""
+    def dense_forward(self, x, t, labels, width, record):
+        return dense_forward(self.net, x, t, labels, width, record=record)
 
-    def __init__(self, dit: DiT, record: bool):
-        self.dit, self.record = dit, record
-        self.cache: TokenCache | None = None
-        self.out: torch.Tensor | None = None          # (Bm, C, H, W) the last model output
+    def dense_forward_rows(self, x, t, labels, cache, rows):
+        return dense_forward_rows(self.net, x, t, labels, cache, rows)
 
-    @property
-    def width(self) -> float | None:
-        return None if self.cache is None else self.cache.width
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held between steps: the token cache and the last output."""
-        out = 0 if self.out is None else self.out.numel() * self.out.element_size()
-        return out + (0 if self.cache is None else self.cache.nbytes)
-
-    def costs(self, width: float) -> StepCosts:
-        return step_costs(self.dit, width)
-
-    def step(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
-             dense_rows: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (Bm, C, H, W), t (Bm,), labels (Bm,); dense_rows (Bm,) bool: samples computed whole at
-        `width`; blocks (Bm, nb, nb) bool: active units of the other samples. Returns (out, fresh
-        where computed and the last output elsewhere; MACs per sample (Bm,))."""
-        if bool(dense_rows.all()):
-            self.cache = None                         # freed before the new one is built
-            self.out, self.cache, macs = dense_forward(self.dit, x, t, labels, width, record=self.record)
-            return self.out, macs
-        if self.cache is None or self.out is None:
-            raise RuntimeError("internal error: a partial step needs the cache of an earlier dense step")
-        if bool(dense_rows.any()) and width != self.cache.width:
-            raise RuntimeError(f"internal error: dense rows at width {width} into a cache at width {self.cache.width}")
-        out, macs = self.out.clone(), torch.zeros(x.shape[0], dtype=torch.int64)
-        rows = dense_rows.nonzero(as_tuple=True)[0]
-        if len(rows):
-            out[rows], macs[rows.cpu()] = dense_forward_rows(self.dit, x[rows], t[rows], labels[rows],
-                                                             self.cache, rows)
-        sparse_blocks = blocks & ~dense_rows[:, None, None]
-        if bool(sparse_blocks.any()):
-            fresh, sparse_macs = sparse_forward(self.dit, x, t, labels, self.cache, sparse_blocks)
-            computed = sparse_blocks.flatten(1).any(1)
-            out[computed] = fresh[computed]
-            macs += sparse_macs
-        self.out = out
-        return out, macs
-
-
-_COSTS: "weakref.WeakKeyDictionary[DiT, dict[float, StepCosts]]" = weakref.WeakKeyDictionary()
+    def sparse_forward(self, x, t, labels, cache, units):
+        return sparse_forward(self.net, x, t, labels, cache, units)
 
 
 def step_costs(dit: DiT, width: float) -> StepCosts:
-    """The cost model, read from real (tiny) executions of the executor on 0, 1 and 2 active units,
-    so the executor stays the one source of truth for MACs. Memoised per network and width."""
-    per_width = _COSTS.setdefault(dit, {})
-    if width not in per_width:
-        cfg = dit.cfg
-        nb = cfg.image_size // cfg.block_size
-        if nb * nb < 2:
-            raise ValueError(f"image_size/block_size={nb} gives fewer than 2 units; sparse execution needs more")
-        prm = next(dit.parameters())
-        x = torch.zeros(3, cfg.in_channels, cfg.image_size, cfg.image_size, device=prm.device, dtype=prm.dtype)
-        t = torch.zeros(3, device=prm.device, dtype=prm.dtype)
-        labels = torch.zeros(3, dtype=torch.long, device=prm.device)
-        _, cache, dense = dense_forward(dit, x, t, labels, width)
-        mask = torch.zeros(3, nb * nb, dtype=torch.bool, device=prm.device)
-        mask[1, :1] = mask[2, :2] = True
-        _, macs = sparse_forward(dit, x, t, labels, cache, mask.view(3, nb, nb))
-        per_unit = int(macs[2] - macs[1])
-        costs = StepCosts(dense=int(dense[0]), base=int(macs[1]) - per_unit, per_block=per_unit, blocks=nb * nb)
-        if int(macs[0]) != 0 or costs.base + nb * nb * per_unit != costs.dense:
-            raise RuntimeError(f"MAC accounting is inconsistent at width {width}: {macs.tolist()} vs dense {costs.dense}")
-        per_width[width] = costs
-    return per_width[width]
+    """MACs of a dense step and of n active units at `width` (measured once; see Executor.costs)."""
+    return DiTExecutor(dit, record=True).costs(width)
