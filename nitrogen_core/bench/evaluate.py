@@ -1,23 +1,30 @@
 """The evidence benchmark: adaptive vs full vs fewer uniform steps vs step caching vs slim width.
 
     python -m nitrogen_core bench [--quick] [--data DIR] [--json PATH] [--plot PATH] [--readme PATH]
-                                  [--ckpt PATH] [--seeds N] [--judge PATH] [--repeats R]
+                                  [--ckpt PATH] [--images N] [--time-images K] [--repeats R]
+                                  [--judge PATH] [--steps S] [--block NAME]
     python -m nitrogen_core bench --from-json PATH [--plot PATH] [--readme PATH]   # no sampling
 
-One process, fixed seeds and labels (the same noise for every mode): seeds x classes images, split over
-the classes in proportion to the FID reference set, so that FID compares like with like.
-Modes, all on the same DDIM solver with the same CFG:
-- full      N steps, width 1.0, every patch (the reference for PSNR/SSIM);
-- adaptive  N steps, the checkpoint's gate, swept over tau;
-- uniform   k < N steps, including the k that matches each adaptive point's MACs;
-- cache     N steps, whole steps skipped per image (sampler mode "cache"), swept over its tau;
-- slim      N steps at width 0.5.
-Each configuration runs `repeats` times, interleaved (round r runs every configuration once);
-seconds per image are the median over rounds. Quality comes from the first round (sampling is
-deterministic). Metrics per row: MACs per image from the compute record, CPU seconds per image,
-PSNR and SSIM to `full` on the same seeds, the domain FID and KID in the judge's feature space
-(`bench judge`; not Inception-FID) with bootstrap 90% intervals (the generated set resampled with
-replacement, 200 times, seed 0; the reference fixed), the floor beside them, and the near-copy rate.
+One process, fixed noise and labels (the same noise for every mode): N images (--images, default
+540), split over the classes in proportion to the FID reference set, so that FID compares like with
+like. Modes, all on the same DDIM solver with the same CFG, on the checkpoint's backbone (U-Net or DiT):
+- full      S steps, width 1.0, every unit (the reference for PSNR/SSIM);
+- adaptive  S steps, the checkpoint's gate, swept over tau (the checkpoint's default tau included);
+- uniform   k < S steps, including the k that matches each adaptive point's MACs;
+- cache     S steps, whole steps skipped per image (sampler mode "cache"), swept over its tau;
+- slim      S steps at width 0.5.
+
+Quality comes from one pass over all N images per mode (sampling is deterministic). Timing comes
+from R interleaved rounds (round r runs every mode once) over a fixed subset of K of those images
+(--time-images, default 108; per class in proportion): seconds per image are the median over rounds,
+reported as ratios to full measured in the same process. Quality claims need many images (the
+tail), timing needs repeats: at 540 images a full round per mode took too long to repeat.
+
+Metrics per row: MACs per image from the compute record, CPU seconds per image, PSNR to `full` on the
+same noise (mean, 1st percentile, worst) and SSIM, the domain FID and KID in the judge's feature
+space (`bench judge`; not Inception-FID) with bootstrap 90% intervals (the generated set resampled
+with replacement, 200 times, seed 0; the reference fixed), the floor beside them, the near-copy rate,
+and the backbone.
 
 Real images come from `--data DIR` (`load_real_sets`): with DIR/train + DIR/heldout the reference is the
 held-out split and the floor is training images vs it; a plain ImageFolder is split half/half (fixed,
@@ -26,14 +33,28 @@ of real images drawn at the generated set's count and class mix, so a row's FID 
 Near-copy rate: the share of samples whose PSNR (uint8, whole image) to the nearest training image
 exceeds 30 dB; with a held-out split also against the held-out images.
 
+Targets for the default tau (issue 13, any backbone; `compute_targets`), each reported yes/no with
+its figures:
+- >= 2.5x fewer MACs and >= 2x lower CPU time than the same backbone's full compute;
+- FID within +3% of full: paired bootstrap (every mode's FID on the same resampled seeds), the upper
+  end of the 90% interval of FID(adaptive) / FID(full) must be <= 1.03;
+- 1st-percentile PSNR to full >= 30 dB;
+- at every matched CPU time from 0.3 to 0.9 of full (a grid in steps of 0.05 plus the adaptive
+  points in that range; each curve interpolated linearly along its measured points, never
+  extrapolated): higher mean PSNR to full than step caching and than uniform fewer steps, and no
+  worse FID (the paired 90% interval of FID(adaptive) - FID(baseline) reaches 0 or below).
+
 `--readme PATH` replaces the text between the marker lines `<!-- bench:begin -->` and
-`<!-- bench:end -->` in PATH with `render_markdown(result)`; `--from-json` re-renders a saved result.
+`<!-- bench:end -->` in PATH with `render_markdown(result)` (`--block NAME` uses `<!-- NAME:begin -->`
+and `<!-- NAME:end -->`, e.g. one block per backbone); `--from-json` re-renders a saved result, older
+ones included (fields they lack show as "–").
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -46,35 +67,50 @@ from PIL import Image, ImageDraw, ImageFont
 from ..checkpoint import BUNDLED_CHECKPOINT, atomic_file, load_checkpoint
 from ..errors import NitroGenInputError
 from ..sampler import SamplerSettings, make_noise, sample
-from .metrics import NEAR_COPY_DB, near_copy_rate, psnr, set_distance, ssim
+from .metrics import (BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, NEAR_COPY_DB, _frechet_to, _sqrt_psd,
+                      near_copy_rate, psnr, set_distance, ssim)
 
 DEFAULT_JUDGE = BUNDLED_CHECKPOINT.parent / "judge-emoji32.safetensors"
 DEFAULT_DATA = "data/emoji32"               # where the README's setup puts `data emoji`
 FLOOR_SEED = 0
 BENCH_SEED = 2025
 CHUNK = 32                                 # images per sampler call
-SWEEPS = {   # (adaptive taus, cache taus, uniform step counts) as fractions of N for uniform
-    "full": ((0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.03, 0.05), (0.003, 0.01, 0.03, 0.1, 0.3),
+DEFAULTS = {   # (images N, timing images K, timing rounds R)
+    "full": (540, 108, 3),
+    "quick": (18, 9, 1),
+}
+MIN_IMAGES = 4                             # FID/KID need 4; quality claims need >= 512 (DESIGN §7)
+MAX_IMAGES = 100_000
+SWEEPS = {   # (adaptive taus, cache taus, uniform step counts as fractions of S); the default tau is added
+    "full": ((0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2),
+             (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
              (0.25, 0.35, 0.5, 0.65, 0.8)),
     "quick": ((0.003, 0.01, 0.03), (0.003, 0.01, 0.1), (0.35, 0.5, 0.75)),
 }
 
 
 class Config:
+    """One sampler configuration: a quality pass over all images, timing rounds over a subset."""
+
     def __init__(self, mode: str, settings: SamplerSettings, threshold: float | None, schedule=(1.0,)):
         self.mode, self.settings, self.threshold, self.schedule = mode, settings, threshold, schedule
         self.seconds: list[float] = []
-        self.images: torch.Tensor | None = None
         self.macs_per_image: float = 0.0
         self.macs_full: int = 0
+        self.row: dict = {}
+        self.features: torch.Tensor | None = None        # (N, D) the judge's features of its images
 
-    def run(self, model, noise: torch.Tensor, labels: torch.Tensor) -> None:
-        """Sample every image once; keep images and MACs the first time, time every time."""
-        start = time.perf_counter()
+    def measure(self, model, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The quality pass: every image once; returns the images (n, C, H, W) and keeps the MACs."""
         images, macs, self.macs_full = sample_in_chunks(model, noise, labels, self.settings, self.schedule)
+        self.macs_per_image = float(macs.mean())
+        return images
+
+    def time(self, model, noise: torch.Tensor, labels: torch.Tensor) -> None:
+        """One timing round over the timing subset: seconds per image appended to `seconds`."""
+        start = time.perf_counter()
+        sample_in_chunks(model, noise, labels, self.settings, self.schedule)
         self.seconds.append((time.perf_counter() - start) / len(noise))
-        if self.images is None:
-            self.images, self.macs_per_image = images, float(macs.mean())
 
 
 def sample_in_chunks(model, noise: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings,
@@ -93,8 +129,10 @@ def sample_in_chunks(model, noise: torch.Tensor, labels: torch.Tensor, settings:
     return torch.cat(images), torch.cat(macs), macs_full
 
 
-def build_configs(steps: int, cfg_scale: float, schedule, sweep) -> list[Config]:
+def build_configs(steps: int, cfg_scale: float, schedule, sweep, default_tau: float | None = None) -> list[Config]:
     taus, cache_taus, fractions = sweep
+    if default_tau is not None and default_tau > 0:
+        taus = tuple(sorted({*taus, default_tau}))
     base = dict(steps=steps, cfg=cfg_scale)
     configs = [Config("full", SamplerSettings(mode="full", **base), None)]
     configs += [Config("adaptive", SamplerSettings(threshold=t, **base), t, schedule) for t in taus]
@@ -118,6 +156,49 @@ def matched_uniform(configs: list[Config], steps: int, cfg_scale: float) -> list
     return extra
 
 
+def timing_subset(labels: torch.Tensor, num_classes: int, k: int) -> torch.Tensor:
+    """(k,) sorted indices into `labels`: per class, its first images, in proportion to the class mix
+    of `labels` (largest remainders). Fixed for a given label list."""
+    from .judge import counts_in_proportion
+    counts = counts_in_proportion(labels, num_classes, k)
+    picked = [torch.nonzero(labels == c).flatten()[:n] for c, n in enumerate(counts)]
+    return torch.cat(picked).sort().values
+
+
+def bootstrap_rows(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> torch.Tensor:
+    """(resamples, n) indices drawn with replacement: the resamples `set_distance` draws for its FID
+    interval (same generator, seed and order), shared by every mode so that modes compare paired."""
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.stack([torch.randint(0, n, (n,), generator=generator) for _ in range(resamples)])
+
+
+def paired_fid_replicates(feature_sets: list[torch.Tensor], reference: torch.Tensor,
+                          resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> torch.Tensor:
+    """(len(feature_sets), resamples) FIDs against `reference` (M, D), every set (N, D) resampled with
+    the SAME rows: image i of every mode comes from the same noise and label, so a resample draws the
+    same seeds for every mode and differences between modes are measured paired (their seed-to-seed
+    noise cancels). Each set's replicates are those of its `set_distance` FID interval."""
+    b = reference.detach().to(torch.float64)                                         # (M, D)
+    cov_b = torch.cov(b.T)
+    sqrt_b, mu_b, trace_b = _sqrt_psd(cov_b), b.mean(0), cov_b.trace()
+    n = feature_sets[0].shape[0]
+    rows = bootstrap_rows(n, resamples, seed)                                        # (R, N)
+    out = []
+    for feats in feature_sets:
+        a = feats.detach().to(torch.float64)                                         # (N, D)
+        if a.shape[0] != n:
+            raise ValueError(f"paired replicates need sets of equal size, got {a.shape[0]} and {n}")
+        fids, chunk = [], max(1, 2**22 // (a.shape[1] ** 2 + n * a.shape[1]))
+        for lo in range(0, resamples, chunk):
+            x = a[rows[lo:lo + chunk]]                                               # (c, N, D)
+            mu = x.mean(1)                                                           # (c, D)
+            centred = x - mu[:, None]
+            cov = centred.transpose(1, 2) @ centred / (n - 1)                        # (c, D, D)
+            fids.append(_frechet_to(sqrt_b, mu_b, trace_b, mu, cov))
+        out.append(torch.cat(fids))
+    return torch.stack(out)                                                          # (rows, R)
+
+
 def evaluate(args) -> dict:
     ck = load_checkpoint(args.ckpt)
     from .judge import counts_in_proportion, labels_for_counts, load_judge, load_real_sets, matched_draw
@@ -128,60 +209,74 @@ def evaluate(args) -> dict:
     sets = load_real_sets(args.data, judge.image_size, ck.labels)
     steps = args.steps or ck.sampler.get("steps", 20)
     cfg_scale = ck.sampler.get("cfg", 1.5)
+    default_tau = float(ck.sampler.get("threshold", SamplerSettings().threshold))
+    backbone = getattr(ck.config, "backbone", "unet") or "unet"
     n_classes = ck.config.num_classes
-    counts = counts_in_proportion(sets.reference_labels, n_classes, args.seeds * n_classes)
-    labels = labels_for_counts(counts)                                       # (n,) in the reference's class mix
-    if len(labels) < 4:
-        raise NitroGenInputError(f"--seeds {args.seeds} gives {len(labels)} images for {n_classes} classes; FID and "
-                                 f"KID need at least 4 (use --seeds {-(-4 // n_classes)} or more)")
-    noise = make_noise(ck.config, len(labels), seed=BENCH_SEED)              # (n, C, H, W)
-    configs = build_configs(steps, cfg_scale, ck.width_schedule, SWEEPS["quick" if args.quick else "full"])
+    counts = counts_in_proportion(sets.reference_labels, n_classes, args.images)
+    labels = labels_for_counts(counts)                                       # (N,) in the reference's class mix
+    noise = make_noise(ck.config, len(labels), seed=BENCH_SEED)              # (N, C, H, W)
+    timed = timing_subset(labels, n_classes, args.time_images)               # (K,)
+    configs = build_configs(steps, cfg_scale, ck.width_schedule, SWEEPS["quick" if args.quick else "full"],
+                            default_tau)
 
-    total = len(configs)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    log(f"bench: {len(labels)} images (classes in the reference's proportions), {steps} steps, cfg {cfg_scale}, "
-        f"{args.repeats} interleaved round(s); {sets.describe()['note']}")
-    for r in range(args.repeats):
-        for i, c in enumerate(configs):
-            c.run(ck.model, noise, labels)
-            log(f"  round {r + 1}/{args.repeats} [{i + 1}/{total}] {c.mode} steps={c.settings.steps} "
-                f"tau={c.threshold}: {c.seconds[-1]:.3f} s/image")
-        if r == 0:
-            extra = matched_uniform(configs, steps, cfg_scale)
-            for c in extra:
-                c.run(ck.model, noise, labels)
-                log(f"  round 1/{args.repeats} [matched] uniform steps={c.settings.steps}: {c.seconds[-1]:.3f} s/image")
-            configs += extra
-            total = len(configs)
+    log(f"bench: {backbone}, {len(labels)} images for quality (classes in the reference's proportions), timing over "
+        f"{len(timed)} of them in {args.repeats} interleaved round(s), {steps} steps, cfg {cfg_scale}; "
+        f"{sets.describe()['note']}")
 
-    full = configs[0]
     reference = judge.features(sets.reference)                               # (M, D)
     floor_images = sets.floor_pool[matched_draw(sets.floor_labels, counts, FLOOR_SEED)]
     floor = set_distance(judge.features(floor_images), reference)
+    full_images = None
+
+    def quality(c: Config) -> None:
+        nonlocal full_images
+        images = c.measure(ck.model, noise, labels)
+        if full_images is None:
+            full_images = images                                             # configs[0] is full
+        p = psnr(images, full_images).clamp(max=100)                         # identical images: 100 dB
+        c.features = judge.features(images)
+        d = set_distance(c.features, reference)
+        c.row = {"mode": c.mode, "backbone": backbone, "steps": c.settings.steps, "threshold": c.threshold,
+                 "width": c.settings.width, "macs_per_image": int(round(c.macs_per_image)),
+                 "psnr_to_full": float(p.mean()), "psnr_to_full_p1": float(torch.quantile(p.double(), 0.01)),
+                 "psnr_to_full_min": float(p.min()), "ssim_to_full": float(ssim(images, full_images).mean()),
+                 "fid": d.fid, "fid_lo": d.fid_lo, "fid_hi": d.fid_hi, "kid": d.kid, "kid_lo": d.kid_lo,
+                 "kid_hi": d.kid_hi, "floor": floor.fid,
+                 "near_copy": near_copy_rate(images, sets.train),
+                 "near_copy_heldout": None if sets.heldout is None else near_copy_rate(images, sets.heldout)}
+
+    for i, c in enumerate(configs):
+        quality(c)
+        log(f"  quality [{i + 1}/{len(configs)}] {c.mode} steps={c.settings.steps} tau={c.threshold}: "
+            f"PSNR {c.row['psnr_to_full']:.1f} dB, FID {c.row['fid']:.3f}")
+    for c in matched_uniform(configs, steps, cfg_scale):
+        quality(c)
+        configs.append(c)
+        log(f"  quality [matched] uniform steps={c.settings.steps}: PSNR {c.row['psnr_to_full']:.1f} dB")
+    full_images = None                                                       # timing needs no images
+
+    for r in range(args.repeats):
+        for i, c in enumerate(configs):
+            c.time(ck.model, noise[timed], labels[timed])
+            log(f"  timing round {r + 1}/{args.repeats} [{i + 1}/{len(configs)}] {c.mode} "
+                f"steps={c.settings.steps} tau={c.threshold}: {c.seconds[-1]:.4f} s/image")
+
+    replicates = paired_fid_replicates([c.features for c in configs], reference)     # (rows, R)
     rows = []
     for c in configs:
-        d = set_distance(judge.features(c.images), reference)
-        p, s = psnr(c.images, full.images), ssim(c.images, full.images)
-        rows.append({
-            "mode": c.mode, "steps": c.settings.steps, "threshold": c.threshold, "width": c.settings.width,
-            "macs_per_image": int(round(c.macs_per_image)),
-            "seconds_per_image": statistics.median(c.seconds),
-            "psnr_to_full": float(p.clamp(max=100).mean()), "psnr_to_full_min": float(p.min()),
-            "ssim_to_full": float(s.mean()),
-            "fid": d.fid, "fid_lo": d.fid_lo, "fid_hi": d.fid_hi, "kid": d.kid, "kid_lo": d.kid_lo, "kid_hi": d.kid_hi,
-            "floor": floor.fid,
-            "near_copy": near_copy_rate(c.images, sets.train),
-            "near_copy_heldout": None if sets.heldout is None else near_copy_rate(c.images, sets.heldout),
-        })
-    # MAC ratios against full compute at N steps (a uniform k-step row's own macs_full is smaller).
-    full_macs = rows[0]["macs_per_image"]
+        rows.append({**c.row, "seconds_per_image": statistics.median(c.seconds)})
+    # MAC ratios against full compute at S steps (a uniform k-step row's own macs_full is smaller).
+    full_macs, full_seconds = rows[0]["macs_per_image"], rows[0]["seconds_per_image"]
     for row in rows:
         row["mac_ratio"] = row["macs_per_image"] / full_macs
-        row["time_ratio"] = row["seconds_per_image"] / rows[0]["seconds_per_image"]
+        row["time_ratio"] = row["seconds_per_image"] / full_seconds
     order = {"full": 0, "adaptive": 1, "uniform": 2, "cache": 3, "slim": 4}
-    rows.sort(key=lambda r: (order[r["mode"]], -r["mac_ratio"]))
-    return {"rows": rows, "ckpt": str(args.ckpt), "seeds": args.seeds, "images": len(labels),
-            "labels": dict(zip(ck.labels, counts)),
+    ranked = sorted(range(len(rows)), key=lambda k: (order[rows[k]["mode"]], -rows[k]["mac_ratio"]))
+    rows, replicates = [rows[k] for k in ranked], replicates[ranked]
+    targets = compute_targets(rows, default_tau, replicates)
+    return {"rows": rows, "backbone": backbone, "ckpt": str(args.ckpt), "images": len(labels),
+            "time_images": len(timed), "labels": dict(zip(ck.labels, counts)),
             "device": "cpu", "threads": torch.get_num_threads(), "steps": steps, "cfg": cfg_scale,
             "repeats": args.repeats, "quick": bool(args.quick),
             "judge": {"path": str(args.judge), "held_out_accuracy": judge.meta.get("held_out_accuracy"),
@@ -192,8 +287,9 @@ def evaluate(args) -> dict:
             "intervals": {"level": floor.level, "resamples": floor.resamples, "kid_subset_size": floor.kid_subset_size,
                           "resampled": "the generated (or floor) set, with replacement; the reference is fixed"},
             "near_copy_db": NEAR_COPY_DB,
-            "default_threshold": SamplerSettings().threshold,
-            "default_point": default_point(rows, SamplerSettings().threshold)}
+            "default_threshold": default_tau,
+            "default_point": default_point(rows, default_tau),
+            "targets": targets}
 
 
 def nearest(rows: list[dict], mode: str, mac_ratio: float) -> dict | None:
@@ -202,21 +298,189 @@ def nearest(rows: list[dict], mode: str, mac_ratio: float) -> dict | None:
 
 
 def default_point(rows: list[dict], threshold: float) -> dict:
-    """The adaptive row at the default tau next to the baselines nearest its MACs, and the targets."""
+    """The adaptive row at the default tau next to the baselines nearest its MACs."""
     ada = next((r for r in rows if r["mode"] == "adaptive" and r["threshold"] == threshold), None)
     if ada is None:
         return {}
-    full = rows[0]
-    uni, cache = nearest(rows, "uniform", ada["mac_ratio"]), nearest(rows, "cache", ada["mac_ratio"])
-    targets = {
-        "macs_3x_fewer": ada["mac_ratio"] <= 1 / 3,
-        "time_2.5x_lower": ada["time_ratio"] <= 1 / 2.5,
-        "fid_within_3pct": ada["fid"] <= 1.03 * full["fid"],
-        "psnr_at_least_30": ada["psnr_to_full"] >= 30.0,
-        "beats_uniform": bool(uni) and ada["fid"] < uni["fid"] and ada["psnr_to_full"] > uni["psnr_to_full"],
-        "beats_cache": bool(cache) and ada["fid"] < cache["fid"] and ada["psnr_to_full"] > cache["psnr_to_full"],
-    }
-    return {"adaptive": ada, "uniform": uni, "cache": cache, "targets": targets}
+    return {"adaptive": ada, "uniform": nearest(rows, "uniform", ada["mac_ratio"]),
+            "cache": nearest(rows, "cache", ada["mac_ratio"])}
+
+
+# -- targets (issue 13): computed from the rows, and from paired bootstrap replicates when given -------
+
+MAC_TARGET = 1 / 2.5                  # >= 2.5x fewer MACs than full
+TIME_TARGET = 1 / 2                   # >= 2x lower CPU time than full
+FID_TOLERANCE = 0.03                  # FID within +3% of full
+P1_TARGET = 30.0                      # dB: 1st-percentile PSNR to full
+MATCHED_TIMES = tuple(round(0.30 + 0.05 * k, 2) for k in range(13))    # 0.30, 0.35, ..., 0.90 of full
+BASELINES = ("cache", "uniform")
+TARGET_LABELS = {
+    "macs_2.5x_fewer": "≥ 2.5× fewer MACs than full",
+    "time_2x_lower": "≥ 2× lower CPU time than full",
+    "fid_within_3pct": "FID within +3% of full",
+    "psnr_p1_at_least_30": "1st-percentile PSNR to full ≥ 30 dB",
+    "beats_cache_at_matched_time": "higher PSNR and no worse FID than step caching at every matched time 0.3–0.9",
+    "beats_uniform_at_matched_time": "higher PSNR and no worse FID than uniform fewer steps at every matched time 0.3–0.9",
+}
+
+
+def _bracket(rows: list[dict], mode: str, x_key: str, x: float) -> tuple[int, int, float] | None:
+    """(i0, i1, w): `mode`'s curve at x is (1 - w) * rows[i0] + w * rows[i1], the two neighbouring rows
+    sorted by x_key (ties by y order of appearance); None outside the rows' range (no extrapolation)."""
+    idx = sorted((k for k, r in enumerate(rows) if r["mode"] == mode), key=lambda k: rows[k][x_key])
+    # The last point also pairs with itself, so a one-row curve still matches its own x.
+    for i0, i1 in zip(idx, idx[1:] + idx[-1:]):
+        x0, x1 = rows[i0][x_key], rows[i1][x_key]
+        if x0 <= x <= x1:
+            return i0, i1, 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+    return None
+
+
+def interpolate(rows: list[dict], mode: str, x_key: str, x: float, y_key: str) -> float | None:
+    """y of `mode`'s curve at x, linear between its two neighbouring rows sorted by x_key;
+    None where x lies outside the rows' range (no extrapolation), the mode has no rows, or a
+    neighbour lacks y."""
+    at = _bracket(rows, mode, x_key, x)
+    if at is None:
+        return None
+    i0, i1, w = at
+    y0, y1 = rows[i0].get(y_key), rows[i1].get(y_key)
+    if y0 is None or y1 is None:
+        return None
+    return y0 if w == 0.0 else y0 + (y1 - y0) * w
+
+
+def _interval(values: torch.Tensor, level: float = BOOTSTRAP_LEVEL) -> tuple[float, float]:
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(values.double(), torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    return float(lo), float(hi)
+
+
+def _check(key: str, met: bool, figures: str) -> dict:
+    return {"key": key, "label": TARGET_LABELS[key], "met": bool(met), "figures": figures}
+
+
+def matched_time_comparisons(rows: list[dict], replicates: torch.Tensor | None = None,
+                             times=MATCHED_TIMES, level: float = BOOTSTRAP_LEVEL) -> list[dict]:
+    """Adaptive against each baseline at every matched CPU time: the grid `times` plus the adaptive
+    points inside it. Each curve is interpolated along time/full; a curve that does not reach a time
+    leaves it uncovered (None). FID differences carry the paired 90% interval when `replicates`
+    ((rows, R), paired bootstrap FIDs) is given."""
+    lo_t, hi_t = min(times), max(times)
+    grid = {round(x, 3) for x in times}
+    # The adaptive points inside the range too, unless one sits on a grid time (to the table's 3 decimals).
+    xs = sorted({*times, *(r["time_ratio"] for r in rows if r["mode"] == "adaptive"
+                           and lo_t <= r["time_ratio"] <= hi_t and round(r["time_ratio"], 3) not in grid)})
+
+    def at(mode: str, x: float) -> tuple[float, float, torch.Tensor | None] | None:
+        b = _bracket(rows, mode, "time_ratio", x)
+        if b is None:
+            return None
+        i0, i1, w = b
+        point = lambda key: rows[i0][key] + (rows[i1][key] - rows[i0][key]) * w
+        reps = None if replicates is None else replicates[i0] + (replicates[i1] - replicates[i0]) * w
+        return point("psnr_to_full"), point("fid"), reps
+
+    out = []
+    for x in xs:
+        ada = at("adaptive", x)
+        entry = {"time_ratio": x, "adaptive": None if ada is None else {"psnr": ada[0], "fid": ada[1]}}
+        for mode in BASELINES:
+            base = at(mode, x)
+            if ada is None or base is None:
+                entry[mode] = None if base is None else {"psnr": base[0], "fid": base[1]}
+                entry[mode + "_ok"] = None                                  # not covered
+                continue
+            cell = {"psnr": base[0], "fid": base[1], "psnr_margin": ada[0] - base[0], "fid_diff": ada[1] - base[1]}
+            if ada[2] is not None:
+                cell["fid_diff_lo"], cell["fid_diff_hi"] = _interval(ada[2] - base[2], level)
+                no_worse = cell["fid_diff_lo"] <= 0.0
+            else:
+                no_worse = cell["fid_diff"] <= 0.0
+            cell["psnr_higher"], cell["fid_no_worse"] = cell["psnr_margin"] > 0.0, no_worse
+            entry[mode] = cell
+            entry[mode + "_ok"] = cell["psnr_higher"] and no_worse
+        out.append(entry)
+    return out
+
+
+def _times(values: list[float]) -> str:
+    return ", ".join(f"{t:.2f}" for t in values)
+
+
+def _matched_figures(comparisons: list[dict], mode: str) -> tuple[bool, str]:
+    total = len(comparisons)
+    cells = [(c["time_ratio"], c[mode]) for c in comparisons if c[mode + "_ok"] is not None]
+    parts = []
+    if cells:
+        higher = sum(cell["psnr_higher"] for _, cell in cells)
+        no_worse = sum(cell["fid_no_worse"] for _, cell in cells)
+        t_min, worst = min(cells, key=lambda tc: tc[1]["psnr_margin"])
+        parts.append(f"of {len(cells)} compared times, PSNR higher at {higher} and FID no worse at {no_worse}; "
+                     f"smallest PSNR margin {worst['psnr_margin']:+.1f} dB at {t_min:.2f}")
+    ada_missing = [c["time_ratio"] for c in comparisons if c["adaptive"] is None]
+    base_missing = [c["time_ratio"] for c in comparisons if c[mode] is None]
+    if ada_missing or base_missing:
+        gaps = ([f"adaptive does not reach {_times(ada_missing)}"] if ada_missing else []) + \
+               ([f"{mode} does not reach {_times(base_missing)}"] if base_missing else [])
+        uncovered = sum(c[mode + "_ok"] is None for c in comparisons)
+        parts.append(f"{uncovered} of {total} times not compared: " + ", and ".join(gaps))
+    met = bool(cells) and all(c[mode + "_ok"] for c in comparisons)
+    return met, "; ".join(parts) if parts else "no comparisons"
+
+
+def compute_targets(rows: list[dict], threshold: float, replicates: torch.Tensor | None = None,
+                    level: float = BOOTSTRAP_LEVEL) -> dict:
+    """The issue's targets for the adaptive row at the default tau, each {key, label, met, figures}.
+
+    `replicates` ((len(rows), R) FIDs on paired bootstrap resamples, `paired_fid_replicates`) makes the
+    FID checks interval-based; without it (an older result) they compare point figures and say so."""
+    full = next((r for r in rows if r["mode"] == "full"), None)
+    ada_index = next((k for k, r in enumerate(rows) if r["mode"] == "adaptive" and r["threshold"] == threshold), None)
+    if full is None or ada_index is None:
+        return {"checks": [], "matched_time": [], "paired": replicates is not None,
+                "note": f"no adaptive row at the default τ = {threshold:g}"}
+    ada = rows[ada_index]
+    checks = [
+        _check("macs_2.5x_fewer", ada["mac_ratio"] <= MAC_TARGET,
+               f"{ada['mac_ratio']:.3f} of full's MACs, {1 / ada['mac_ratio']:.2f}× fewer; needs ≤ {MAC_TARGET:.3f}"),
+        _check("time_2x_lower", ada["time_ratio"] <= TIME_TARGET,
+               f"{ada['time_ratio']:.3f} of full's CPU time, a {1 / ada['time_ratio']:.2f}× speed-up; needs ≤ {TIME_TARGET:.3f}"),
+    ]
+    ratio = ada["fid"] / full["fid"]
+    text = f"FID {ada['fid']:.3f} vs full {full['fid']:.3f}: {100 * (ratio - 1):+.1f}%"
+    if replicates is not None:
+        full_index = rows.index(full)
+        lo, hi = _interval(replicates[ada_index] / replicates[full_index], level)
+        checks.append(_check("fid_within_3pct", hi <= 1 + FID_TOLERANCE,
+                             f"{text}; paired {level:.0%} bootstrap interval of the ratio {100 * (lo - 1):+.1f}% to "
+                             f"{100 * (hi - 1):+.1f}%, whose upper end must be ≤ +{100 * FID_TOLERANCE:g}%"))
+    else:
+        checks.append(_check("fid_within_3pct", ratio <= 1 + FID_TOLERANCE,
+                             f"{text}; point figures: this result has no paired bootstrap"))
+    p1 = ada.get("psnr_to_full_p1")
+    if p1 is None:
+        checks.append(_check("psnr_p1_at_least_30", False, "not measured: a result without the 1st percentile"))
+    else:
+        checks.append(_check("psnr_p1_at_least_30", p1 >= P1_TARGET,
+                             f"1st percentile {p1:.1f} dB; mean {ada['psnr_to_full']:.1f}, worst "
+                             f"{ada['psnr_to_full_min']:.1f} dB"))
+    comparisons = matched_time_comparisons(rows, replicates, level=level)
+    for mode in BASELINES:
+        met, figures = _matched_figures(comparisons, mode)
+        checks.append(_check(f"beats_{mode}_at_matched_time", met, figures))
+    return {"checks": checks, "matched_time": comparisons, "paired": replicates is not None}
+
+
+# -- markdown for the README (deterministic: the same result always gives the same text) -------------
+
+# What an older results JSON (written before "command" was recorded) was produced with.
+FALLBACK_COMMAND = "python -m nitrogen_core bench --json docs/bench.json --plot docs/bench.png"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    line = lambda cells: "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
 
 
 def _tau(row: dict) -> str:
@@ -238,6 +502,17 @@ def _figure(row: dict, key: str, digits: int) -> str:
     return text if lo is None or hi is None else f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def _db(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _psnr_tail(row: dict) -> str:
+    """"mean / 1st pct / worst dB"; '–' for full (itself) and for a figure an older result lacks."""
+    if row["mode"] == "full":
+        return "–"
+    return f"{_db(row['psnr_to_full'])} / {_db(row.get('psnr_to_full_p1'))} / {_db(row['psnr_to_full_min'])} dB"
+
+
 def _floor(row: dict) -> str:
     return "–" if row.get("floor") is None else f"{row['floor']:.3f}"
 
@@ -248,49 +523,6 @@ def _near_copy(row: dict) -> str:
         return "–"
     held = row.get("near_copy_heldout")
     return f"{row['near_copy']:.1%}" + ("" if held is None else f" / {held:.1%}")
-
-
-def format_table(result: dict) -> str:
-    head = (f"{'mode':9s} {'steps':>5s} {'tau':>7s} {'MACs/full':>9s} {'time/full':>9s} {'s/image':>8s} "
-            f"{'PSNR':>6s} {'min':>6s} {'SSIM':>6s} {'FID [90% interval]':>25s} {'floor':>7s} "
-            f"{'KID [90% interval]':>28s} {'near-copy':>13s}")
-    lines = [head]
-    for r in result["rows"]:
-        lines.append(f"{_mode_label(r):9s} {r['steps']:5d} {_tau(r):>7s} {r['mac_ratio']:9.3f} {r['time_ratio']:9.3f} "
-                     f"{r['seconds_per_image']:8.4f} {r['psnr_to_full']:6.1f} {r['psnr_to_full_min']:6.1f} "
-                     f"{r['ssim_to_full']:6.3f} {_figure(r, 'fid', 3):>25s} {_floor(r):>7s} "
-                     f"{_figure(r, 'kid', 4):>28s} {_near_copy(r):>13s}")
-    return "\n".join(lines)
-
-
-# -- markdown for the README (deterministic: the same result always gives the same text) -------------
-
-# What an older results JSON (written before "command" was recorded) was produced with.
-FALLBACK_COMMAND = "python -m nitrogen_core bench --json docs/bench.json --plot docs/bench.png"
-TARGET_LABELS = {
-    "macs_3x_fewer": "3× fewer MACs",
-    "time_2.5x_lower": "2.5× lower time",
-    "fid_within_3pct": "FID within +3%",
-    "psnr_at_least_30": "PSNR to full ≥ 30 dB",
-    "beats_uniform": "strictly better FID and PSNR than uniform at matched MACs",
-    "beats_cache": "strictly better FID and PSNR than cache at matched MACs",
-}
-
-
-def interpolate(rows: list[dict], mode: str, x_key: str, x: float, y_key: str) -> float | None:
-    """y of `mode`'s curve at x, linear between its two neighbouring rows sorted by x_key;
-    None where x lies outside the rows' range (no extrapolation) or the mode has no rows."""
-    points = sorted((r[x_key], r[y_key]) for r in rows if r["mode"] == mode)
-    # The last point also pairs with itself, so a one-row curve still matches its own x.
-    for (x0, y0), (x1, y1) in zip(points, points[1:] + points[-1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return None
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    line = lambda cells: "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
-    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
 
 
 def _psnr_fid(psnr_value: float | None, fid_value: float | None) -> str:
@@ -314,9 +546,15 @@ def _summary_line(result: dict, readme: str) -> str:
     if "reference_images" in judge:
         judge_facts.append(f"{judge['reference_images']} reference images")
     mix = ("classes in the reference's proportions" if "labels" in result else f"{result['seeds']} per class")
-    line = (f"Generated by `{command}`: {run}{result['images']} images ({mix}), "
-            f"{result['steps']} DDIM steps, cfg {result['cfg']:g}, "
-            f"{_count(result['repeats'], 'interleaved timing round')} on {_count(result['threads'], 'CPU thread')}; "
+    n, repeats, threads = result["images"], result["repeats"], result["threads"]
+    k = result.get("time_images")
+    timing = (f"CPU time: median of {_count(repeats, 'interleaved round')} over all {n} images"
+              if k is None else
+              f"CPU time: median of {_count(repeats, 'interleaved round')} over a fixed subset of K = {k} of them")
+    backbone = f"backbone **{result['backbone']}**, " if result.get("backbone") else ""
+    line = (f"Generated by `{command}`: {run}{backbone}quality from N = {n} images ({mix}); {timing}, "
+            f"as ratios to full in the same process, on {_count(threads, 'CPU thread')}; "
+            f"{result['steps']} DDIM steps, cfg {result['cfg']:g}; "
             f"the judge behind the domain FID/KID: {', '.join(judge_facts)}.")
     return line + _reference_sentences(result)
 
@@ -347,46 +585,52 @@ def _reference_sentences(result: dict) -> str:
 
 def _default_table(full: dict, point: dict, threshold: float) -> str:
     def cells(row: dict, label: str) -> list[str]:
-        worst = "–" if row["mode"] == "full" else f"{row['psnr_to_full']:.1f} / {row['psnr_to_full_min']:.1f} dB"
         return [label, str(row["steps"]), _tau(row), f"{row['mac_ratio']:.3f}", f"{row['time_ratio']:.3f}",
-                worst, f"{row['ssim_to_full']:.3f}", _figure(row, "fid", 3), _floor(row), _figure(row, "kid", 4),
-                _near_copy(row)]
+                _psnr_tail(row), f"{row['ssim_to_full']:.3f}", _figure(row, "fid", 3), _floor(row),
+                _figure(row, "kid", 4), _near_copy(row)]
     rows = [cells(full, "full"), cells(point["adaptive"], "**adaptive**")]
     rows += [cells(point[mode], mode) for mode in ("uniform", "cache") if point.get(mode)]
-    header = ["mode", "steps", "τ", "MACs/full", "time/full", "PSNR to full (mean / worst)", "SSIM",
+    header = ["mode", "steps", "τ", "MACs/full", "time/full", "PSNR to full (mean / 1st pct / worst)", "SSIM",
               "domain FID [90%]", "floor", "KID [90%]", "near-copy"]
     return (f"The default τ = {threshold:g} next to the baselines nearest its MACs:\n\n"
             + _markdown_table(header, rows))
 
 
-def _target_figures(key: str, full: dict, point: dict) -> str:
-    ada = point["adaptive"]
-    if key == "macs_3x_fewer":
-        return f"{ada['mac_ratio']:.3f} of full"
-    if key == "time_2.5x_lower":
-        return f"{ada['time_ratio']:.3f} of full"
-    if key == "fid_within_3pct":
-        return f"{(ada['fid'] / full['fid'] - 1) * 100:+.1f}%"
-    if key == "psnr_at_least_30":
-        return f"{ada['psnr_to_full']:.1f} dB mean, {ada['psnr_to_full_min']:.1f} dB worst"
-    if key in ("beats_uniform", "beats_cache"):
-        mode = key.removeprefix("beats_")
-        base = point.get(mode)
-        if not base:
-            return f"no {mode} rows"
-        which = f"{base['steps']} steps" if mode == "uniform" else f"τ {base['threshold']:g}"
-        return (f"adaptive {ada['psnr_to_full']:.1f} dB, FID {ada['fid']:.3f}; {mode} {which}, "
-                f"{base['mac_ratio']:.3f} MACs: {base['psnr_to_full']:.1f} dB, FID {base['fid']:.3f}")
-    return ""
-
-
-def _targets_list(full: dict, point: dict) -> str:
-    lines = ["Targets for the default point:", ""]
-    for key, met in point["targets"].items():
-        figures = _target_figures(key, full, point)
-        lines.append(f"- {TARGET_LABELS.get(key, key)}: {'yes' if met else '**no**'}"
-                     + (f" ({figures})" if figures else ""))
+def _targets_list(targets: dict) -> str:
+    how = ("FID checks use a paired bootstrap: every mode's FID on the same resampled seeds (200 resamples); "
+           "FID within +3% means the upper end of the 90% interval of FID(adaptive)/FID(full) is ≤ 1.03, and "
+           "no worse FID means the 90% interval of FID(adaptive) − FID(baseline) reaches 0 or below"
+           if targets.get("paired") else
+           "FID checks compare point figures: this result has no paired bootstrap")
+    lines = [f"Targets for the default point ({how}; matched times: 0.30 to 0.90 of full in steps of 0.05 plus "
+             f"the adaptive points between, every curve interpolated along its measured points, never "
+             f"extrapolated):", ""]
+    for check in targets["checks"]:
+        lines.append(f"- {check['label']}: {'yes' if check['met'] else '**no**'} ({check['figures']})")
     return "\n".join(lines)
+
+
+def _matched_time_table(comparisons: list[dict]) -> str:
+    def diff(cell: dict | None) -> str:
+        if cell is None or "fid_diff" not in cell:
+            return "–"
+        if "fid_diff_lo" in cell:
+            return f"{cell['fid_diff']:+.3f} [{cell['fid_diff_lo']:+.3f}, {cell['fid_diff_hi']:+.3f}]"
+        return f"{cell['fid_diff']:+.3f}"
+
+    def verdict(ok: bool | None) -> str:
+        return "–" if ok is None else ("yes" if ok else "**no**")
+
+    table = []
+    for c in comparisons:
+        ada = c["adaptive"]
+        table.append([f"{c['time_ratio']:.3f}", "–" if ada is None else _psnr_fid(ada["psnr"], ada["fid"]),
+                      *(("–" if c[m] is None else _psnr_fid(c[m]["psnr"], c[m]["fid"])) for m in BASELINES),
+                      *(diff(c[m]) for m in BASELINES), *(verdict(c[m + "_ok"]) for m in BASELINES)])
+    header = ["time/full", "adaptive PSNR / FID", "cache PSNR / FID", "uniform PSNR / FID",
+              "FID adaptive − cache [90%]", "FID adaptive − uniform [90%]", "beats cache", "beats uniform"]
+    return ("At matched CPU time (each curve interpolated along time/full; – where a curve does not reach "
+            "that time):\n\n" + _markdown_table(header, table))
 
 
 def _matched_table(rows: list[dict]) -> str:
@@ -412,25 +656,33 @@ def _matched_table(rows: list[dict]) -> str:
 def _all_rows_table(rows: list[dict]) -> str:
     table = []
     for r in rows:
-        psnr_cells = (["–", "–"] if r["mode"] == "full"
-                      else [f"{r['psnr_to_full']:.1f}", f"{r['psnr_to_full_min']:.1f}"])
+        psnr_cells = (["–", "–", "–"] if r["mode"] == "full"
+                      else [_db(r["psnr_to_full"]), _db(r.get("psnr_to_full_p1")), _db(r["psnr_to_full_min"])])
         table.append([_mode_label(r), str(r["steps"]), _tau(r), f"{r['mac_ratio']:.3f}", f"{r['time_ratio']:.3f}",
                       f"{r['seconds_per_image']:.4f}", *psnr_cells, f"{r['ssim_to_full']:.3f}",
                       _figure(r, "fid", 3), _floor(r), _figure(r, "kid", 4), _near_copy(r)])
-    header = ["mode", "steps", "τ", "MACs/full", "time/full", "s/image", "PSNR to full (dB)", "worst (dB)",
-              "SSIM", "domain FID [90%]", "floor", "KID [90%]", "near-copy"]
+    header = ["mode", "steps", "τ", "MACs/full", "time/full", "s/image", "PSNR to full (dB)", "1st pct (dB)",
+              "worst (dB)", "SSIM", "domain FID [90%]", "floor", "KID [90%]", "near-copy"]
     return "All rows:\n\n" + _markdown_table(header, table)
+
+
+def result_targets(result: dict) -> dict:
+    """The targets a result carries, or, for an older result, those computed from its rows (point figures)."""
+    return result.get("targets") or compute_targets(result["rows"], result["default_threshold"])
 
 
 def render_markdown(result: dict, readme: str = "README.md") -> str:
     """The README's evidence block from a bench result: summary line, default-τ table, targets,
-    matched comparisons, all rows. `readme` only completes the shown command for older results."""
+    matched-time table, matched comparisons, all rows. `readme` only completes the shown command for
+    older results."""
     rows = result["rows"]
     full = next(r for r in rows if r["mode"] == "full")
-    point = result.get("default_point") or {}
+    point = result.get("default_point") or default_point(rows, result["default_threshold"])
+    targets = result_targets(result)
     parts = [_summary_line(result, readme)]
-    if point:
-        parts += [_default_table(full, point, result["default_threshold"]), _targets_list(full, point)]
+    if point and targets["checks"]:
+        parts += [_default_table(full, point, result["default_threshold"]), _targets_list(targets),
+                  _matched_time_table(targets["matched_time"])]
     else:
         parts.append(f"No adaptive row at the default τ = {result.get('default_threshold')}.")
     parts += [_matched_table(rows), _all_rows_table(rows)]
@@ -443,7 +695,16 @@ README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 BENCH_MARKERS = (README_BEGIN, README_END)
 ROW_KEYS = ("mode", "steps", "threshold", "width", "seconds_per_image", "psnr_to_full", "psnr_to_full_min",
             "ssim_to_full", "fid", "kid", "mac_ratio", "time_ratio")
-RESULT_KEYS = ("images", "seeds", "steps", "cfg", "repeats", "threads", "default_threshold")
+RESULT_KEYS = ("images", "steps", "cfg", "repeats", "threads", "default_threshold")
+BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+def block_markers(name: str) -> tuple[str, str]:
+    """The marker lines of a README's generated block `name`: <!-- name:begin --> and <!-- name:end -->."""
+    if not isinstance(name, str) or not BLOCK_NAME.fullmatch(name):
+        raise NitroGenInputError(f"--block {name!r} must be 1-40 lowercase letters, digits, '-' or '_' "
+                                 f"(e.g. bench or bench-dit)")
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
 def _read_readme(path: Path, markers: tuple[str, str] = BENCH_MARKERS) -> str:
@@ -508,6 +769,8 @@ def load_result(path: Path) -> dict:
         raise NitroGenInputError(f'--from-json {path} has no "rows" list; expected a file written by bench --json')
     missing = [k for k in RESULT_KEYS if k not in result]
     missing += sorted({k for r in rows for k in ROW_KEYS if k not in r})
+    if "labels" not in result and "seeds" not in result:
+        missing.append("labels")
     if missing:
         raise NitroGenInputError(f"--from-json {path} lacks {', '.join(missing)}; "
                                  "expected a file written by bench --json")
@@ -588,26 +851,48 @@ def plot(result: dict, path: Path) -> None:
 
 # -- command ------------------------------------------------------------------------------------------
 
+def format_table(result: dict) -> str:
+    head = (f"{'mode':9s} {'steps':>5s} {'tau':>7s} {'MACs/full':>9s} {'time/full':>9s} {'s/image':>8s} "
+            f"{'PSNR':>6s} {'p1':>6s} {'min':>6s} {'SSIM':>6s} {'FID [90% interval]':>25s} {'floor':>7s} "
+            f"{'KID [90% interval]':>28s} {'near-copy':>13s}")
+    lines = [head]
+    for r in result["rows"]:
+        lines.append(f"{_mode_label(r):9s} {r['steps']:5d} {_tau(r):>7s} {r['mac_ratio']:9.3f} {r['time_ratio']:9.3f} "
+                     f"{r['seconds_per_image']:8.4f} {_db(r['psnr_to_full']):>6s} {_db(r.get('psnr_to_full_p1')):>6s} "
+                     f"{_db(r['psnr_to_full_min']):>6s} {r['ssim_to_full']:6.3f} {_figure(r, 'fid', 3):>25s} "
+                     f"{_floor(r):>7s} {_figure(r, 'kid', 4):>28s} {_near_copy(r):>13s}")
+    return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="2 seeds per class, a short sweep, 1 round (< 5 min)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a smoke run: {DEFAULTS['quick'][0]} images, timing over {DEFAULTS['quick'][1]}, "
+                        f"{DEFAULTS['quick'][2]} round, a short sweep (not evidence)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--plot", default=None, help="write the quality-vs-compute plot (PNG) here")
     p.add_argument("--readme", default=None,
-                   help=f"replace the text between the {README_BEGIN} and {README_END} lines of this markdown "
-                        "file with the generated tables")
+                   help=f"replace the text between the {README_BEGIN} and {README_END} lines (see --block) of "
+                        "this markdown file with the generated tables")
+    p.add_argument("--block", default="bench",
+                   help="name of the README's generated block: <!-- NAME:begin --> ... <!-- NAME:end --> "
+                        "(default bench; e.g. bench-dit for a second backbone)")
     p.add_argument("--from-json", default=None,
                    help="no sampling: print and write --plot/--readme/--json from a result saved by --json "
                         "(the sampling flags are ignored)")
-    p.add_argument("--ckpt", default=str(BUNDLED_CHECKPOINT), help="checkpoint (default: the bundled one)")
+    p.add_argument("--ckpt", default=str(BUNDLED_CHECKPOINT), help="checkpoint, either backbone (default: the bundled one)")
     p.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge classifier for FID/KID (bench judge)")
     p.add_argument("--data", default=DEFAULT_DATA,
                    help=f"real images for the FID reference, the floor and the near-copy check (default {DEFAULT_DATA}): "
                         "DIR/train + DIR/heldout, or a plain ImageFolder (then split half/half)")
-    p.add_argument("--seeds", type=int, default=None,
-                   help="images per class on average: seeds x classes images in the reference's class "
-                        "proportions (default 12, quick 2)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds (default 3, quick 1)")
-    p.add_argument("--steps", type=int, default=None, help="N, the full step count (default: checkpoint's)")
+    p.add_argument("--images", type=int, default=None,
+                   help=f"N: images per mode for the quality figures, classes in the reference's proportions "
+                        f"(default {DEFAULTS['full'][0]}, quick {DEFAULTS['quick'][0]}; quality claims need >= 512)")
+    p.add_argument("--time-images", type=int, default=None,
+                   help=f"K: the fixed subset of the N images each timing round samples per mode "
+                        f"(default {DEFAULTS['full'][1]}, quick {DEFAULTS['quick'][1]}; at most N)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"R: interleaved timing rounds (default {DEFAULTS['full'][2]}, quick {DEFAULTS['quick'][2]})")
+    p.add_argument("--steps", type=int, default=None, help="S, the full step count (default: checkpoint's)")
 
 
 def command_line(words: list[str], given: list[tuple[str, object]]) -> str:
@@ -617,35 +902,49 @@ def command_line(words: list[str], given: list[tuple[str, object]]) -> str:
 
 def bench_command(args) -> str:
     """The command line of this run from the parsed flags: only those given, paths as given."""
-    given = [("--seeds", args.seeds), ("--repeats", args.repeats), ("--steps", args.steps),
+    given = [("--images", args.images), ("--time-images", args.time_images), ("--repeats", args.repeats),
+             ("--steps", args.steps),
              ("--ckpt", None if args.ckpt == str(BUNDLED_CHECKPOINT) else args.ckpt),
              ("--judge", None if args.judge == str(DEFAULT_JUDGE) else args.judge),
              ("--data", None if args.data == DEFAULT_DATA else args.data),
-             ("--json", args.json), ("--plot", args.plot), ("--readme", args.readme)]
+             ("--json", args.json), ("--plot", args.plot), ("--readme", args.readme),
+             ("--block", None if args.block == "bench" else args.block)]
     return command_line(["python -m nitrogen_core bench", *(["--quick"] if args.quick else [])], given)
 
 
+def _check_sizes(args) -> None:
+    """Fill N, K, R from the defaults (full or quick) and check them, naming the flag."""
+    n, k, r = DEFAULTS["quick" if args.quick else "full"]
+    args.images = args.images if args.images is not None else n
+    args.time_images = args.time_images if args.time_images is not None else min(k, args.images)
+    args.repeats = args.repeats if args.repeats is not None else r
+    if not MIN_IMAGES <= args.images <= MAX_IMAGES:
+        raise NitroGenInputError(f"--images {args.images} is out of range; allowed {MIN_IMAGES}..{MAX_IMAGES} "
+                                 f"(FID and KID need at least {MIN_IMAGES}; quality claims need >= 512)")
+    if not 1 <= args.time_images <= args.images:
+        raise NitroGenInputError(f"--time-images {args.time_images} is out of range; allowed 1..{args.images} "
+                                 f"(a subset of the --images {args.images})")
+    if not 1 <= args.repeats <= 1000:
+        raise NitroGenInputError(f"--repeats {args.repeats} is out of range; allowed 1..1000")
+    if args.steps is not None and not 2 <= args.steps <= 1000:
+        raise NitroGenInputError(f"--steps {args.steps} is out of range; allowed 2..1000")
+
+
 def cmd_bench(args) -> int:
-    # Everything that can be refused is checked before sampling, which takes up to ~17 minutes.
+    # Everything that can be refused is checked before sampling, which takes up to an hour.
+    markers = block_markers(args.block)
     if args.readme:
-        check_readme(Path(args.readme))
+        check_readme(Path(args.readme), markers)
     if args.from_json:
         result = load_result(Path(args.from_json))
     else:
         command = bench_command(args)                # before the defaults below fill in unset flags
-        args.seeds = args.seeds if args.seeds is not None else (2 if args.quick else 12)
-        args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-        for name in ("seeds", "repeats"):
-            value = getattr(args, name)
-            if not 1 <= value <= 1000:
-                raise NitroGenInputError(f"--{name} {value} is out of range; allowed 1..1000")
-        if args.steps is not None and not 2 <= args.steps <= 1000:
-            raise NitroGenInputError(f"--steps {args.steps} is out of range; allowed 2..1000")
+        _check_sizes(args)
         result = {**evaluate(args), "command": command}
     print(format_table(result))
-    point = result.get("default_point") or {}
-    if point:
-        met = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in point["targets"].items())
+    targets = result_targets(result)
+    if targets["checks"]:
+        met = ", ".join(f"{c['key']} {'yes' if c['met'] else 'NO'}" for c in targets["checks"])
         print(f"default tau {result['default_threshold']:g}: {met}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -654,7 +953,7 @@ def cmd_bench(args) -> int:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(result, Path(args.plot))
     if args.readme:
-        write_readme(Path(args.readme), render_markdown(result, args.readme))
+        write_readme(Path(args.readme), render_markdown(result, args.readme), markers)
     return 0
 
 
