@@ -1,18 +1,23 @@
-"""How good could per-patch skipping get? The adaptive sampler against its own upper bounds.
+"""How good could per-unit skipping get? The adaptive sampler against its own upper bounds, on either backbone.
 
     python -m nitrogen_core bench bound [--ckpt PATH] [--seeds N] [--taus T,T,...] [--json PATH]
+                                        [--readme PATH] [--block NAME]
 
 Four adaptive variants on the same seeds, the same rule (tau, warm-up, refresh, exits) and the
 same MAC accounting (the trained gate's MACs per gated step), next to step caching:
 - gate            the shipped sampler: the trained gate decides, the sparse executor recomputes;
-- gate + exact    the same decisions, but every recomputed block gets the exact dense eps instead
-                  of the sparse executor's stale-context approximation (an extra dense forward
-                  that is *not* counted);
+- gate + exact    the same decisions, but every image with recomputed units gets the exact dense
+                  eps instead of the sparse executor's stale-context approximation (an extra dense
+                  forward that is *not* counted; the executor's cache and MACs are the shipped ones);
 - oracle gate     the gate's prediction replaced by the true residual per patch,
                   ||eps_fresh - eps_cached|| at width 1.0 (another uncounted dense forward);
 - oracle + exact  both.
 The last three are bounds, not methods: they tell whether a loss comes from the predictor, the
-executor, or per-patch skipping itself. Quality is PSNR to full compute on the same seeds.
+executor, or per-unit skipping itself. Quality is PSNR to full compute on the same seeds.
+
+Both variants work through the backbone's seams only: the oracle calls `model.net` (the U-Net or
+the DiT), and the exact executor wraps whatever `model.executor(record)` returns (sparse.UNetExecutor
+or token_sparse.DiTExecutor), so they need nothing from either executor's internals.
 """
 from __future__ import annotations
 
@@ -28,19 +33,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import sampler as sampler_module
-from .. import sparse as sparse_module
 from ..checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, make_noise
-from ..sparse import dense_forward
-from .evaluate import (BENCH_SEED, _markdown_table, check_readme, command_line, interpolate,
+from .evaluate import (BENCH_SEED, _markdown_table, block_markers, check_readme, command_line, interpolate,
                        sample_in_chunks, write_readme)
 from .metrics import psnr
 
 DEFAULT_TAUS = (0.005, 0.01, 0.02, 0.04)
-BOUND_MARKERS = ("<!-- bound:begin -->", "<!-- bound:end -->")
+BOUND_MARKERS = block_markers("bound")
 CACHE_TAUS = (0.003, 0.01, 0.03, 0.1)
 
 
@@ -53,7 +56,7 @@ class OracleGate(nn.Module):
     def __init__(self, model: NitroGenModel, labels: torch.Tensor, cfg_scale: float):
         super().__init__()
         self.trained_gate_macs = model.gate.macs()
-        self.unet, self.config = model.unet, model.config
+        self.net, self.config = model.net, model.config
         self.labels, self.cfg_scale = labels, cfg_scale
         self.rows: torch.Tensor | None = None
         self.schedule = Schedule(model.config.train_timesteps)
@@ -73,7 +76,8 @@ class OracleGate(nn.Module):
         labels = labels.to(x_t.device)
         model_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else labels
         x_in, t_in = (torch.cat([x_t, x_t]), torch.cat([t, t])) if guided else (x_t, t)
-        out, _, _ = dense_forward(self.unet, x_in, t_in, model_labels, 1.0, record=False)
+        with torch.no_grad():
+            out = self.net(x_in, t_in, model_labels, 1.0)                                # (B or 2B, C, H, W)
         alpha, sigma = self.schedule.alpha_sigma(int(t[0]))
         eps, _ = split_prediction(sampler_module._guide(out, self.cfg_scale), x_t.float(), alpha, sigma,
                                   cfg.prediction)                                   # (B, C, H, W)
@@ -84,21 +88,38 @@ class OracleGate(nn.Module):
         return self.trained_gate_macs
 
 
-_shipped_sparse_forward = sparse_module.sparse_forward
+class ExactExecutor:
+    """Wraps a backbone's executor (the sampler's seam: costs(width), step(...), width, nbytes): every
+    step runs the wrapped executor, so its cache, its decisions' bookkeeping and its MACs are the
+    shipped ones, and then every sample that had units recomputed sparsely gets a dense forward's
+    output instead (not counted). The sampler reads the output only where units were computed, so
+    those units get their exact eps. Samples computed whole are dense already."""
 
+    def __init__(self, inner, net: nn.Module):
+        self.inner, self.net = inner, net
 
-def _exact_sparse_forward(unet, x, t, labels, cache, block_mask):
-    """The sparse executor's bookkeeping (cache update, MACs), but the dense output: every
-    recomputed block gets its exact eps. The sampler uses the output only in active blocks."""
-    _, macs = _shipped_sparse_forward(unet, x, t, labels, cache, block_mask)
-    out, _, _ = dense_forward(unet, x, t, labels, cache.width, record=False)
-    return out, macs
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)            # width, nbytes, cache, out: the wrapped executor's
+
+    def costs(self, width: float):
+        return self.inner.costs(width)
+
+    def step(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
+             dense_rows: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, macs = self.inner.step(x, t, labels, width, dense_rows, blocks)
+        sparse = (blocks & ~dense_rows[:, None, None]).flatten(1).any(1)              # (Bm,)
+        rows = sparse.nonzero(as_tuple=True)[0]
+        if len(rows):
+            out = out.clone()                        # the wrapped executor keeps its own last output
+            with torch.no_grad():                    # at the width the sparse rows ran at: the cache's
+                out[rows] = self.net(x[rows], t[rows], labels[rows], self.inner.width).to(out.dtype)
+        return out, macs
 
 
 @contextlib.contextmanager
 def variant(model: NitroGenModel, name: str, labels: torch.Tensor, cfg_scale: float):
-    """Temporarily swap the gate of `model` for the oracle ("oracle ..." variants) and the
-    sampler's executor for the exact one ("... + exact" variants)."""
+    """Temporarily swap the gate of `model` for the oracle ("oracle ..." variants) and wrap the
+    executors it hands the sampler in ExactExecutor ("... + exact" variants)."""
     if name not in VARIANTS:
         raise ValueError(f"variant {name!r} is not one of {VARIANTS}")
     trained = model.gate
@@ -107,7 +128,9 @@ def variant(model: NitroGenModel, name: str, labels: torch.Tensor, cfg_scale: fl
             model.gate = OracleGate(model, labels, cfg_scale)
             stack.callback(setattr, model, "gate", trained)
         if name.endswith("+ exact"):
-            stack.enter_context(mock.patch.object(sparse_module, "sparse_forward", _exact_sparse_forward))
+            shipped = model.executor
+            stack.enter_context(mock.patch.object(
+                model, "executor", lambda record: ExactExecutor(shipped(record), model.net)))
         yield
 
 
@@ -117,6 +140,7 @@ VARIANTS = ("gate", "gate + exact", "oracle gate", "oracle + exact")
 def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) -> dict:
     ck = load_checkpoint(ckpt_path)
     model, cfg = ck.model, ck.config
+    backbone = getattr(cfg, "backbone", "unet") or "unet"
     steps, cfg_scale = ck.sampler.get("steps", 20), ck.sampler.get("cfg", 1.5)
     labels = torch.arange(cfg.num_classes).repeat(seeds)                       # (n,) seeds per class
     noise = make_noise(cfg, len(labels), seed=BENCH_SEED)                      # (n, C, H, W)
@@ -136,8 +160,9 @@ def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) ->
     def add(name: str, tau: float, settings: SamplerSettings, schedule=(1.0,)) -> None:
         images, macs = sample_all(settings, schedule)
         p = psnr(images, full_images).clamp(max=100)                          # identical images: 100 dB
-        rows.append({"mode": name, "threshold": tau, "mac_ratio": macs / full_macs,
-                     "psnr_to_full": float(p.mean()), "psnr_to_full_min": float(p.min())})
+        rows.append({"mode": name, "backbone": backbone, "threshold": tau, "mac_ratio": macs / full_macs,
+                     "psnr_to_full": float(p.mean()), "psnr_to_full_p1": float(torch.quantile(p.double(), 0.01)),
+                     "psnr_to_full_min": float(p.min())})
         log(f"  {name:15s} tau={tau:<7g} MACs/full {rows[-1]['mac_ratio']:.3f}  "
             f"PSNR {rows[-1]['psnr_to_full']:.1f} / worst {rows[-1]['psnr_to_full_min']:.1f} dB")
 
@@ -147,8 +172,8 @@ def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) ->
                 add(name, tau, SamplerSettings(threshold=tau, **base), ck.width_schedule)
     for tau in CACHE_TAUS:
         add("cache", tau, SamplerSettings(mode="cache", threshold=tau, **base))
-    return {"rows": rows, "ckpt": str(ckpt_path), "seeds": seeds, "images": len(labels), "steps": steps,
-            "cfg": cfg_scale}
+    return {"rows": rows, "backbone": backbone, "ckpt": str(ckpt_path), "seeds": seeds, "images": len(labels),
+            "steps": steps, "cfg": cfg_scale}
 
 
 def format_bound(result: dict) -> str:
@@ -161,7 +186,8 @@ def format_bound(result: dict) -> str:
 
 def render_bound_markdown(result: dict) -> str:
     """The rows as a markdown table, each next to step caching's PSNR interpolated at its MACs."""
-    head = (f"Generated by `{result.get('command', 'python -m nitrogen_core bench bound')}`: "
+    backbone = f"backbone **{result['backbone']}**, " if result.get("backbone") else ""
+    head = (f"Generated by `{result.get('command', 'python -m nitrogen_core bench bound')}`: {backbone}"
             f"{result['images']} images ({result['seeds']} per class), {result['steps']} DDIM steps, "
             f"cfg {result['cfg']:g}; PSNR to full compute on the same seeds, mean / worst image. "
             f"Oracle MACs are counted as the trained gate's.")
@@ -193,20 +219,25 @@ def _taus(text: str) -> tuple[float, ...]:
 
 
 def add_bound_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", default=str(BUNDLED_CHECKPOINT), help="checkpoint (default: the bundled one)")
+    p.add_argument("--ckpt", default=str(BUNDLED_CHECKPOINT),
+                   help="checkpoint, either backbone (default: the bundled one)")
     p.add_argument("--seeds", type=int, default=2, help="images per class (default 2)")
     p.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS), help="adaptive thresholds")
     p.add_argument("--json", default=None, help="write the rows as JSON here")
     p.add_argument("--readme", default=None,
                    help=f"replace the text between the {BOUND_MARKERS[0]} and {BOUND_MARKERS[1]} lines of this file")
+    p.add_argument("--block", default="bound",
+                   help="name of the README's generated block: <!-- NAME:begin --> ... <!-- NAME:end --> "
+                        "(default bound; e.g. bound-dit for a second backbone)")
 
 
 def cmd_bound(args) -> int:
     if not 1 <= args.seeds <= 1000:
         raise NitroGenInputError(f"--seeds {args.seeds} is out of range; allowed 1..1000")
     taus = _taus(args.taus)
+    markers = block_markers(args.block)
     if args.readme:
-        check_readme(Path(args.readme), BOUND_MARKERS)
+        check_readme(Path(args.readme), markers)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     result = run_bound(args.ckpt, args.seeds, taus, log=log)
     result["command"] = bound_command(args)
@@ -215,7 +246,7 @@ def cmd_bound(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.readme:
-        write_readme(Path(args.readme), render_bound_markdown(result), BOUND_MARKERS)
+        write_readme(Path(args.readme), render_bound_markdown(result), markers)
     return 0
 
 
@@ -225,5 +256,6 @@ def bound_command(args) -> str:
     given = [("--ckpt", None if args.ckpt == str(BUNDLED_CHECKPOINT) else args.ckpt),
              ("--seeds", None if args.seeds == 2 else args.seeds),
              ("--taus", None if args.taus == default_taus else args.taus),
-             ("--json", args.json), ("--readme", args.readme)]
+             ("--json", args.json), ("--readme", args.readme),
+             ("--block", None if args.block == "bound" else args.block)]
     return command_line(["python -m nitrogen_core bench bound"], given)
