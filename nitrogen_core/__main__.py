@@ -338,11 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("bench", help="evidence benchmark: adaptive vs full, fewer steps, step caching, slim "
-                                     "(subcommands: judge, judge-check, kernels, bound, tau)")
+                                     "(subcommands: judge, judge-check, kernels, bound, tau, quality)")
     from .bench.evaluate import add_arguments, cmd_bench
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
-    bench_sub = p.add_subparsers(dest="bench_command", metavar="{judge,judge-check,kernels,bound,tau}")
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="{judge,judge-check,kernels,bound,tau,quality}")
     pj = bench_sub.add_parser("judge", help="train the judge classifier behind the domain FID")
     from .bench.judge import add_judge_arguments, add_judge_check_arguments, cmd_judge
     add_judge_arguments(pj)
@@ -358,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.tau import add_tau_arguments, cmd_tau
     add_tau_arguments(pt)
     pt.set_defaults(func=cmd_tau)
+    pq = bench_sub.add_parser("quality", help="the quality bar: near-copy rate and domain FID against held-out "
+                                              "images and the floor, on >= 1000 full-compute samples, with figures")
+    from .bench.quality import add_quality_arguments, cmd_quality
+    add_quality_arguments(pq)
+    pq.set_defaults(func=cmd_quality)
     # Listed for --help; main() hands `bench kernels ...` to bench.sparse_speed with its own flags.
     bench_sub.add_parser("kernels", help="sparse vs dense forward speed of either backbone (bench.sparse_speed; its own --help)")
 
