@@ -82,8 +82,8 @@ DEFAULTS = {   # (images N, timing images K, timing rounds R)
 MIN_IMAGES = 4                             # FID/KID need 4; quality claims need >= 512 (DESIGN §7)
 MAX_IMAGES = 100_000
 SWEEPS = {   # (adaptive taus, cache taus, uniform step counts as fractions of S); the default tau is added
-    "full": ((0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2),
-             (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+    "full": ((0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2),
+             (0.001, 0.003, 0.01, 0.03, 0.1, 1.0),     # 0.001 and 1.0: reach 0.9 and below 0.3 of full's time
              (0.25, 0.35, 0.5, 0.65, 0.8)),
     "quick": ((0.003, 0.01, 0.03), (0.003, 0.01, 0.1), (0.35, 0.5, 0.75)),
 }
