@@ -540,3 +540,17 @@ def test_targets_say_where_a_curve_does_not_reach():
     assert "3 of 13 times not compared: adaptive does not reach 0.30, 0.35, 0.40" in cache["figures"]
     assert compute_targets(rows, 0.5) == {"checks": [], "matched_time": [], "paired": False,
                                           "note": "no adaptive row at the default τ = 0.5"}
+
+
+def test_bench_takes_a_dit_checkpoint(setup, tmp_path):
+    torch.manual_seed(0)
+    model = perturbed(NitroGenModel(preset("tiny-dit", num_classes=3))).eval()
+    ckpt = save_checkpoint(tmp_path / "dit.safetensors", model, kind="student", labels=list(CLASSES),
+                           width_schedule=(1.0,), sampler={"steps": 4, "cfg": 1.5, "threshold": 0.01})
+    out = tmp_path / "dit.json"
+    assert cli_main(["bench", "--quick", "--ckpt", str(ckpt), "--judge", str(setup["judge"]), "--data",
+                     str(setup["data"]), "--images", "6", "--time-images", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["backbone"] == "dit" and {r["backbone"] for r in result["rows"]} == {"dit"}
+    assert {r["mode"] for r in result["rows"]} == {"full", "adaptive", "uniform", "cache", "slim"}
+    assert "backbone **dit**" in render_markdown(result)
