@@ -67,8 +67,8 @@ from PIL import Image, ImageDraw, ImageFont
 from ..checkpoint import BUNDLED_CHECKPOINT, atomic_file, load_checkpoint
 from ..errors import NitroGenInputError
 from ..sampler import SamplerSettings, make_noise, sample
-from .metrics import (BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, NEAR_COPY_DB, _frechet_to, _sqrt_psd,
-                      near_copy_rate, psnr, set_distance, ssim)
+from .metrics import (BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, NEAR_COPY_DB, bootstrap_rows,
+                      fid_replicates, gaussian_of, near_copy_rate, psnr, set_distance, ssim)
 
 DEFAULT_JUDGE = BUNDLED_CHECKPOINT.parent / "judge-emoji32.safetensors"
 DEFAULT_DATA = "data/emoji32"               # where the README's setup puts `data emoji`
@@ -165,22 +165,13 @@ def timing_subset(labels: torch.Tensor, num_classes: int, k: int) -> torch.Tenso
     return torch.cat(picked).sort().values
 
 
-def bootstrap_rows(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> torch.Tensor:
-    """(resamples, n) indices drawn with replacement: the resamples `set_distance` draws for its FID
-    interval (same generator, seed and order), shared by every mode so that modes compare paired."""
-    generator = torch.Generator().manual_seed(int(seed))
-    return torch.stack([torch.randint(0, n, (n,), generator=generator) for _ in range(resamples)])
-
-
 def paired_fid_replicates(feature_sets: list[torch.Tensor], reference: torch.Tensor,
                           resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> torch.Tensor:
     """(len(feature_sets), resamples) FIDs against `reference` (M, D), every set (N, D) resampled with
     the SAME rows: image i of every mode comes from the same noise and label, so a resample draws the
     same seeds for every mode and differences between modes are measured paired (their seed-to-seed
     noise cancels). Each set's replicates are those of its `set_distance` FID interval."""
-    b = reference.detach().to(torch.float64)                                         # (M, D)
-    cov_b = torch.cov(b.T)
-    sqrt_b, mu_b, trace_b = _sqrt_psd(cov_b), b.mean(0), cov_b.trace()
+    gaussian = gaussian_of(reference.detach().to(torch.float64))                    # of (M, D)
     n = feature_sets[0].shape[0]
     rows = bootstrap_rows(n, resamples, seed)                                        # (R, N)
     out = []
@@ -188,14 +179,7 @@ def paired_fid_replicates(feature_sets: list[torch.Tensor], reference: torch.Ten
         a = feats.detach().to(torch.float64)                                         # (N, D)
         if a.shape[0] != n:
             raise ValueError(f"paired replicates need sets of equal size, got {a.shape[0]} and {n}")
-        fids, chunk = [], max(1, 2**22 // (a.shape[1] ** 2 + n * a.shape[1]))
-        for lo in range(0, resamples, chunk):
-            x = a[rows[lo:lo + chunk]]                                               # (c, N, D)
-            mu = x.mean(1)                                                           # (c, D)
-            centred = x - mu[:, None]
-            cov = centred.transpose(1, 2) @ centred / (n - 1)                        # (c, D, D)
-            fids.append(_frechet_to(sqrt_b, mu_b, trace_b, mu, cov))
-        out.append(torch.cat(fids))
+        out.append(fid_replicates(a, rows, gaussian))
     return torch.stack(out)                                                          # (rows, R)
 
 

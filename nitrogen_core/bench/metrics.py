@@ -220,6 +220,36 @@ def _quantiles(values: torch.Tensor, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _draw_rows(n: int, resamples: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.stack([torch.randint(0, n, (n,), generator=generator) for _ in range(resamples)])  # (R, N)
+
+
+def bootstrap_rows(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> torch.Tensor:
+    """(resamples, n) indices drawn with replacement, the same for every set of n rows given the
+    seed: set_distance's FID interval draws these, and the bench reuses them to compare modes paired."""
+    return _draw_rows(n, resamples, torch.Generator().manual_seed(int(seed)))
+
+
+def gaussian_of(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A reference set's Gaussian as _frechet_to reads it: (sqrt of covariance, mean, trace)."""
+    cov_b = torch.cov(b.T)
+    return _sqrt_psd(cov_b), b.mean(0), cov_b.trace()
+
+
+def fid_replicates(a: torch.Tensor, rows: torch.Tensor, reference) -> torch.Tensor:
+    """(R,) FIDs of the resamples a[rows[r]] (a: (N, D) float64, rows (R, N)) against a reference
+    Gaussian (gaussian_of), in chunks that bound the (c, D, D) covariances."""
+    n = a.shape[0]
+    fids, chunk = [], max(1, 2**22 // (a.shape[1] ** 2 + n * a.shape[1]))
+    for lo in range(0, len(rows), chunk):
+        x = a[rows[lo:lo + chunk]]                                                   # (c, N, D)
+        mu = x.mean(1)                                                               # (c, D)
+        centred = x - mu[:, None]
+        cov = centred.transpose(1, 2) @ centred / (n - 1)                            # (c, D, D)
+        fids.append(_frechet_to(*reference, mu, cov))
+    return torch.cat(fids)
+
+
 def set_distance(feats: torch.Tensor, reference: torch.Tensor, *, resamples: int = BOOTSTRAP_RESAMPLES,
                  level: float = BOOTSTRAP_LEVEL, seed: int = BOOTSTRAP_SEED, kid_subsets: int = KID_SUBSETS,
                  kid_max_subset: int = KID_MAX_SUBSET) -> SetDistance:
@@ -242,22 +272,13 @@ def set_distance(feats: torch.Tensor, reference: torch.Tensor, *, resamples: int
         raise NitroGenInputError(f"set_distance: level {level!r} must be in [0.5, 1)")
     a, b = feats.detach().to(torch.float64), reference.detach().to(torch.float64)   # (N, D), (M, D)
     n = a.shape[0]
-    generator = torch.Generator().manual_seed(int(seed))
-    rows = torch.stack([torch.randint(0, n, (n,), generator=generator) for _ in range(resamples)])  # (R, N)
+    generator = torch.Generator().manual_seed(int(seed))                            # then KID's subsets
+    rows = _draw_rows(n, resamples, generator)                                       # bootstrap_rows' rows
 
     # FID: the reference's Gaussian is fitted once; replicates in chunks bound the (c, D, D) tensors.
-    cov_b = torch.cov(b.T)
-    sqrt_b, mu_b, trace_b = _sqrt_psd(cov_b), b.mean(0), cov_b.trace()
-    fid = float(_frechet_to(sqrt_b, mu_b, trace_b, a.mean(0)[None], torch.cov(a.T)[None])[0])
-    fids = []
-    chunk = max(1, 2**22 // (a.shape[1] ** 2 + n * a.shape[1]))
-    for lo in range(0, resamples, chunk):
-        x = a[rows[lo:lo + chunk]]                                                   # (c, N, D)
-        mu = x.mean(1)                                                               # (c, D)
-        centred = x - mu[:, None]
-        cov = centred.transpose(1, 2) @ centred / (n - 1)                            # (c, D, D)
-        fids.append(_frechet_to(sqrt_b, mu_b, trace_b, mu, cov))
-    fid_lo, fid_hi = _quantiles(torch.cat(fids), level)
+    reference = gaussian_of(b)
+    fid = float(_frechet_to(*reference, a.mean(0)[None], torch.cov(a.T)[None])[0])
+    fid_lo, fid_hi = _quantiles(fid_replicates(a, rows, reference), level)
 
     # KID on the same resamples.
     kid_a = a if n <= KID_MAX_ROWS else None
