@@ -62,20 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = preset(args.preset)
     if args.block_size is not None:
         cfg = preset(args.preset, block_size=args.block_size, patch_size=min(cfg.patch_size, args.block_size))
-    model = NitroGenModel(cfg).eval()
-    with torch.no_grad():   # untrained nets output zeros (zero-init); perturb so outputs are non-trivial
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    model = _perturbed_model(cfg)
     unet, B, nb = model.unet, args.batch, cfg.image_size // cfg.block_size
-    sched = Schedule(cfg.train_timesteps)
-    t_now, t_next = 600, 550
-    x0 = torch.rand(B, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
-    eps = torch.randn(x0.shape, generator=gen)
-    a1, s1 = sched.alpha_sigma(t_now)
-    a2, s2 = sched.alpha_sigma(t_next)
-    x1, x2 = a1 * x0 + s1 * eps, a2 * x0 + s2 * eps        # two consecutive points of one trajectory
-    labels = torch.randint(0, cfg.num_classes, (B,), generator=gen)
-    t1, t2 = torch.full((B,), float(t_now)), torch.full((B,), float(t_next))
+    x1, x2, labels, t1, t2 = _trajectory_inputs(cfg, B, gen)       # two consecutive points of one trajectory
 
     with torch.no_grad():
         out1, cache, _ = dense_forward(unet, x1, t1, labels, args.width)
@@ -84,17 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     caches = {a: cache.clone() for a in FRACTIONS}
     costs = step_costs(unet, args.width)
 
-    times: dict[str, list[float]] = {"dense": [], **{f"sparse@{a}": [] for a in FRACTIONS}}
-    with torch.no_grad():
-        for _ in range(args.repeats + 1):               # first round is warm-up, discarded
-            start = time.perf_counter()
-            unet(x2, t2, labels, args.width)
-            times["dense"].append(time.perf_counter() - start)
-            for a in FRACTIONS:
-                start = time.perf_counter()
-                sparse_forward(unet, x2, t2, labels, caches[a], masks[a])
-                times[f"sparse@{a}"].append(time.perf_counter() - start)
-    median = {k: statistics.median(v[1:]) for k, v in times.items()}
+    median = _median_times({"dense": lambda: unet(x2, t2, labels, args.width),
+                            **{f"sparse@{a}": (lambda a=a: sparse_forward(unet, x2, t2, labels, caches[a], masks[a]))
+                               for a in FRACTIONS}}, args.repeats)
 
     rows = []
     for a in FRACTIONS:
@@ -121,6 +102,28 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _perturbed_model(cfg) -> NitroGenModel:
+    """Untrained nets output zeros (zero-init); perturb every weight so outputs are non-trivial."""
+    model = NitroGenModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def _median_times(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each named call over `repeats` interleaved rounds (a first warm-up round
+    is discarded), all in one process so the modes compare as ratios."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v[1:]) for name, v in times.items()}
+
+
 def _trajectory_inputs(cfg, B: int, gen: torch.Generator):
     """Two consecutive points x1 (t=600), x2 (t=550) of one trajectory, labels, timesteps."""
     sched = Schedule(cfg.train_timesteps)
@@ -137,10 +140,7 @@ def dit_table(args) -> dict:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     cfg = preset(args.preset)
-    model = NitroGenModel(cfg).eval()
-    with torch.no_grad():   # untrained nets output zeros (zero-init); perturb so outputs are non-trivial
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    model = _perturbed_model(cfg)
     dit, B, nb = model.dit, args.batch, cfg.image_size // cfg.block_size
     x1, x2, labels, t1, t2 = _trajectory_inputs(cfg, B, gen)
     with torch.no_grad():
@@ -151,24 +151,11 @@ def dit_table(args) -> dict:
     caches = {a: cache.clone() for a in FRACTIONS}
     costs = dit_costs(dit, args.width)
 
-    modes = ["dense", "dense+record", "one unit", *(f"sparse@{a}" for a in FRACTIONS)]
-    times: dict[str, list[float]] = {m: [] for m in modes}
-    with torch.no_grad():
-        for _ in range(args.repeats + 1):               # first round is warm-up, discarded
-            start = time.perf_counter()
-            dit(x2, t2, labels, args.width)
-            times["dense"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            dit_dense(dit, x2, t2, labels, args.width)
-            times["dense+record"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            dit_sparse(dit, x2, t2, labels, caches[1.0], one_unit)
-            times["one unit"].append(time.perf_counter() - start)
-            for a in FRACTIONS:
-                start = time.perf_counter()
-                dit_sparse(dit, x2, t2, labels, caches[a], masks[a])
-                times[f"sparse@{a}"].append(time.perf_counter() - start)
-    median = {k: statistics.median(v[1:]) for k, v in times.items()}
+    median = _median_times({"dense": lambda: dit(x2, t2, labels, args.width),
+                            "dense+record": lambda: dit_dense(dit, x2, t2, labels, args.width),
+                            "one unit": lambda: dit_sparse(dit, x2, t2, labels, caches[1.0], one_unit),
+                            **{f"sparse@{a}": (lambda a=a: dit_sparse(dit, x2, t2, labels, caches[a], masks[a]))
+                               for a in FRACTIONS}}, args.repeats)
 
     rows = []
     for a in FRACTIONS:
