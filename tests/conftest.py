@@ -17,6 +17,19 @@ from nitrogen_core.config import preset
 from nitrogen_core.model import UNet
 
 
+def structured_masks(nb: int, seed: int, uneven: bool = False) -> torch.Tensor:
+    """(4, nb, nb) unit masks: nothing / everything / the border ring incl. all corners / random.
+    `uneven` also forces unit (1, 2) on in the random one, so samples have different active counts."""
+    gen = torch.Generator().manual_seed(seed)
+    m = torch.zeros(4, nb, nb, dtype=torch.bool)
+    m[1] = True
+    m[2, 0, :] = m[2, -1, :] = m[2, :, 0] = m[2, :, -1] = True
+    m[3] = torch.rand(nb, nb, generator=gen) < 0.4
+    if uneven:
+        m[3, 1, 2] = True
+    return m
+
+
 def perturbed(model: torch.nn.Module, seed: int = 1, scale: float = 0.05) -> torch.nn.Module:
     """The U-Net zero-inits every branch's last conv (an untrained net outputs 0); add noise so
     outputs depend on every parameter."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nitrogen_core.model import DenseOps
+from conftest import structured_masks
 from nitrogen_core.sparse import dense_forward, masked_dense_forward, sparse_forward, step_costs
 
 ATOL = 1e-5
@@ -38,16 +39,6 @@ def dense(unet, x, t, labels, width):
     with torch.no_grad():
         out = unet(x, t, labels, width, ops)
     return out, ops.counter.per_sample
-
-
-def structured_masks(nb: int, seed: int) -> torch.Tensor:
-    """(4, nb, nb): nothing / everything / the border ring incl. all corners / random."""
-    gen = torch.Generator().manual_seed(seed)
-    m = torch.zeros(4, nb, nb, dtype=torch.bool)
-    m[1] = True
-    m[2, 0, :] = m[2, -1, :] = m[2, :, 0] = m[2, :, -1] = True
-    m[3] = torch.rand(nb, nb, generator=gen) < 0.4
-    return m
 
 
 # -- all blocks active: exact ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import perturbed
+from conftest import perturbed, structured_masks
 from nitrogen_core._kernels import load_kernels
 from nitrogen_core.config import preset
 from nitrogen_core.model import NitroGenModel
@@ -45,17 +45,6 @@ def make_inputs(cfg, batch: int, seed: int, step: float = 0.3):
     return x1, x2, torch.linspace(50, 950, batch), torch.arange(batch) % (cfg.num_classes + 1)
 
 
-def structured_masks(nb: int, seed: int) -> torch.Tensor:
-    """(4, nb, nb): nothing / everything / the border ring / random (uneven counts: padded attention)."""
-    gen = torch.Generator().manual_seed(seed)
-    m = torch.zeros(4, nb, nb, dtype=torch.bool)
-    m[1] = True
-    m[2, 0, :] = m[2, -1, :] = m[2, :, 0] = m[2, :, -1] = True
-    m[3] = torch.rand(nb, nb, generator=gen) < 0.4
-    m[3, 1, 2] = True
-    return m
-
-
 def pixel_mask(blocks: torch.Tensor, block: int) -> torch.Tensor:
     return blocks.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, None]   # (B, 1, H, W)
 
@@ -90,7 +79,7 @@ def test_all_active_equals_dense(dit, dcfg, nb, width):
 def test_subset_matches_masked_dense(dit, dcfg, nb, seed, width):
     x1, x2, t, labels = make_inputs(dcfg, 4, seed=seed)
     prev, cache, _ = dense_forward(dit, x1, t, labels, width, keep_inputs=True)
-    mask = structured_masks(nb, seed)
+    mask = structured_masks(nb, seed, uneven=True)
     ref_cache = cache.clone()
     out, _ = sparse_forward(dit, x2, t, labels, cache, mask)
     ref = masked_dense_forward(dit, x2, t, labels, ref_cache, mask)
@@ -145,7 +134,7 @@ def test_sparse_macs_by_hand(dit, dcfg, nb):
     x1, x2, t, labels = make_inputs(dcfg, 4, seed=8)
     _, cache, dense = dense_forward(dit, x1, t, labels, 1.0)
     assert dense.tolist() == [12288 + 64 * 25344] * 4
-    mask = structured_masks(nb, 8)
+    mask = structured_masks(nb, 8, uneven=True)
     _, macs = sparse_forward(dit, x2, t, labels, cache, mask)
     units = mask.flatten(1).sum(1)
     assert macs.tolist() == [0 if n == 0 else 12288 + 4 * int(n) * 25344 for n in units]
@@ -172,7 +161,7 @@ def test_costs_match_what_step_counts(dit, dcfg, nb, width):
     everyone = torch.ones(4, dtype=torch.bool)
     _, macs = ex.step(x1, t, labels, width, everyone, torch.ones(4, nb, nb, dtype=torch.bool))
     assert macs.tolist() == [costs.dense] * 4
-    mask = structured_masks(nb, 10)
+    mask = structured_masks(nb, 10, uneven=True)
     _, macs = ex.step(x2, t, labels, width, torch.zeros(4, dtype=torch.bool), mask)
     assert torch.equal(macs, costs.of(mask.flatten(1).sum(1)))
     assert torch.equal(costs.max_blocks(macs), mask.flatten(1).sum(1))
