@@ -118,7 +118,7 @@ def _finite(value: float) -> float:
 
 def measure(ckpt: str, data: str, judge_path: str, images: int, log=print) -> tuple[dict, dict]:
     """The quality result (JSON-ready) and what the figures need: {samples, labels, train, picks}."""
-    from .judge import counts_in_proportion, load_judge, load_real_sets, matched_draw
+    from .judge import load_judge, load_real_sets, matched_draw
     ck = load_checkpoint(ckpt)
     judge = load_judge(judge_path)
     if tuple(judge.classes) != tuple(ck.labels):

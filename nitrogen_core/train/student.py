@@ -38,7 +38,7 @@ from ..config import NitroGenConfig
 from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
-from ..sampler import SamplerSettings, image_weights, make_noise, width_for_step
+from ..sampler import image_weights, make_noise, width_for_step
 from .common import (RunDir, Timer, all_mean, batch_indices, ema_update, init_distributed, learning_rate,
                      optimizer_step, restore_run, save_run, set_learning_rate, step_generator)
 from .data import load_image_folder
