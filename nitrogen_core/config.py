@@ -35,6 +35,7 @@ class NitroGenConfig:
     dit_depth: int = 6                        # transformer blocks
     dit_heads: int = 4                        # attention heads at width 1.0 (head size dit_dim // dit_heads)
     dit_mlp_ratio: int = 4                    # MLP hidden units = dit_mlp_ratio * dit_dim
+    dit_overlap: int = 0                      # px each token's input and output windows reach past its edges
     # diffusion
     prediction: str = "v"                     # "eps" or "v"
     train_timesteps: int = 1000
@@ -94,6 +95,8 @@ class NitroGenConfig:
         elif self.dit_dim < 4 or self.dit_dim % 4 or self.dit_dim % self.dit_heads:
             problems.append(f"dit_dim={self.dit_dim} must be a multiple of 4 (2-D sincos positions) and of "
                             f"dit_heads={self.dit_heads}")
+        if not 0 <= self.dit_overlap <= max(ts, 0):
+            problems.append(f"dit_overlap={self.dit_overlap} must be between 0 and token_size={ts}")
         return problems
 
     # -- derived sizes -------------------------------------------------------------
@@ -167,7 +170,7 @@ PRESETS: dict[str, NitroGenConfig] = {
         image_size=16, num_classes=3, backbone="dit", token_size=2, dit_dim=32, dit_depth=2, dit_heads=4,
         dit_mlp_ratio=2, patch_size=2, block_size=4, gate_channels=8,
     ),
-    # The transformer at 32 px: 3.45 M params (13.8 MB fp32 checkpoint), 181 M MACs per forward,
+    # The transformer at 32 px: 3.51 M params (14.0 MB fp32 checkpoint), 185 M MACs per forward,
     # 4 px tokens (64), width 192, depth 6, 4 heads of 48 (widths run 1/2/3/4 heads), MLP 4x,
     # adaLN-single. Chosen by a training-throughput probe (`bench kernels --train-probe --threads 1
     # --repeats 5`: forward+backward, batch 32, 1 thread, median; the machine was shared with
@@ -177,14 +180,20 @@ PRESETS: dict[str, NitroGenConfig] = {
     #   2 px tokens, MLP 3x: 2.99 M, 719 M MACs, 13.4 img/s   (5.5x slower: 4x the tokens, N^2 attention)
     #   2 px tokens, width 128: 1.34 M, 353 M MACs, 25.8 img/s
     #   U-Net emoji32:       2.52 M, 559 M MACs, 24.7 img/s   (reference)
-    # 2 px tokens cost 4-5x the training time per image and the MACs per sampling step; PROBES.md's
-    # faint seams at 4 px are not worth that here (whether they persist is a quality question,
-    # unmeasured). MLP 4x is the size PROBES.md measured quality for (FID 4.62 vs the U-Net's 5.56);
+    # 2 px tokens cost 4-5x the training time per image and the MACs per sampling step. The 4 px
+    # seams did persist (first v2 run, 1,500 steps: hard 4 px edges everywhere), so each token reads
+    # and writes an 8 px window (dit_overlap 2, tent-blended; +0.06 M params, +3.5 M MACs) and the
+    # seams are gone. Recipe probe (/work/runs/probe, 700 steps of batch 32, 1 thread, 7.5 min each;
+    # held-out v-MSE at t = 950 with the true / a wrong label, and the step-700 sample grid):
+    #   disjoint 4 px, DiT init (class emb N(0, 0.02)): 0.304 / 0.325, same image in every class row
+    #   overlap 2,     DiT init:                          0.331 / 0.339, same image in every class row
+    #   overlap 2,     class emb N(0, 1):                 0.285 / 0.356, rows differ by class  <- this
+    # MLP 4x is the size PROBES.md measured quality for (FID 4.62 vs the U-Net's 5.56);
     # it fits the 16 MB limit since adaLN-single (per-block adaLN: 4.19 M, 16.8 MB).
     # Units are single tokens (block 4 px, 64 per image): the finest grid token-sparse execution
     # can skip; the gate's patch equals it (its cost, 0.5 M MACs, is 0.3% of a forward).
     "emoji32-dit": NitroGenConfig(
-        backbone="dit", token_size=4, dit_dim=192, dit_depth=6, dit_heads=4, dit_mlp_ratio=4,
+        backbone="dit", token_size=4, dit_dim=192, dit_depth=6, dit_heads=4, dit_mlp_ratio=4, dit_overlap=2,
         patch_size=4, block_size=4,
     ),
 }

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ._kernels import load_kernels
-from .model.dit import DiT, attend, patchify, unit_group, unpatchify
+from .model.dit import DiT, attend, unit_group
 from .executor import Executor, StepCosts
 
 
@@ -182,16 +182,18 @@ def sparse_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: torch.Ten
         # without the gathers and index updates (measured 1.14x dense through the sparse path).
         rows = torch.arange(B, device=x.device)
         _, macs = dense_forward_rows(dit, x, t, labels, cache, rows)
-        return unpatchify(cache.out, C, H, W, p, g), macs
+        return dit.image_out(cache.out, H, W, g), macs
     act = active_tokens(blocks, g * g, N)
     if len(act.tok) == 0:
-        return unpatchify(cache.out, C, H, W, p, g), macs
+        return dit.image_out(cache.out, H, W, g), macs
     k = load_kernels().backend_for(x.device.type)
     slot = act.slot
     with torch.no_grad():
         ty, tx = dit.coords(H, W, g)[act.tok].t().contiguous()                           # (n,) each, token units
-        tokens = k.gather(x.permute(0, 2, 3, 1), act.img, ty, tx, size=p, step=p, offset=0)   # (n, C, p, p)
-        tokens = tokens.reshape(len(act.tok), -1)                                   # (n, C p p): patchify's layout
+        o = cfg.dit_overlap
+        xp = F.pad(x, (o, o, o, o)) if o else x                                     # windows reach o px past a token
+        tokens = k.gather(xp.permute(0, 2, 3, 1), act.img, ty, tx, size=dit.window, step=p, offset=0)
+        tokens = tokens.reshape(len(act.tok), -1)                                   # (n, C k k): tokens_in's layout
         h = F.linear(tokens, dit.patch.weight, dit.patch.bias) + dit.positions(H, W, g)[act.tok]   # (n, D)
         cs = dit.embed(t[act.rows], labels[act.rows])                             # (S, D)
         ada = dit.ada(cs)                                                           # (S, 4 D)
@@ -217,7 +219,7 @@ def sparse_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: torch.Ten
     counts = torch.zeros(B, dtype=torch.int64)
     counts[act.rows.cpu()] = act.counts.cpu()
     macs += (counts > 0) * dit.sample_macs(width) + counts * dit.token_macs(width, N)
-    return unpatchify(cache.out, C, H, W, p, g), macs
+    return dit.image_out(cache.out, H, W, g), macs
 
 
 def masked_dense_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cache: TokenCache,
@@ -234,7 +236,7 @@ def masked_dense_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: tor
     with torch.no_grad():
         cs = dit.embed(t, labels)
         ada = dit.ada(cs)
-        h = dit.patch(patchify(x, p, g)) + dit.positions(H, W, g)                 # (B, N, D)
+        h = dit.patch(dit.tokens_in(x, g)) + dit.positions(H, W, g)               # (B, N, D)
         for i, block in enumerate(dit.blocks):
             h = torch.where(keep, h, cache.inputs[i])
             cache.inputs[i].copy_(h)
@@ -244,7 +246,7 @@ def masked_dense_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: tor
         shift, scale = dit.out_conditioning(cs)
         out = dit.head(dit.norm_out(h, width) * (1 + scale[:, None]) + shift[:, None])
         cache.out.copy_(torch.where(keep, out, cache.out))
-    return unpatchify(cache.out, C, H, W, p, g)
+    return dit.image_out(cache.out, H, W, g)
 
 
 class DiTExecutor(Executor):

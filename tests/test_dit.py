@@ -82,6 +82,30 @@ def test_token_order_changes_no_result(dit, dcfg, monkeypatch):
 
 # -- MACs --------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("overlap", [1, 2])
+@pytest.mark.parametrize("g", [1, 2])
+def test_overlapping_windows_reassemble_the_image(overlap, g):
+    """tokens_in then image_out is the identity: every pixel's blend weights sum to 1, the border
+    included, and both ends use the same token order."""
+    net = DiT(preset("tiny-dit", dit_overlap=overlap))
+    x = torch.randn(2, 3, 16, 16)
+    tokens = net.tokens_in(x, g)                                          # (2, 64, 3 k k)
+    k = 2 + 2 * overlap
+    assert tokens.shape == (2, 64, 3 * k * k)
+    assert torch.allclose(net.image_out(tokens, 16, 16, g), x, atol=1e-6)
+
+
+def test_overlapping_window_reads_the_neighbours():
+    """A token's window holds its own pixels in the middle and its neighbours' around them."""
+    net = DiT(preset("tiny-dit", dit_overlap=1))
+    x = torch.arange(16 * 16, dtype=torch.float32).reshape(1, 1, 16, 16).expand(1, 3, 16, 16)
+    tokens = net.tokens_in(x, 1)                                          # raster order with g = 1
+    window = tokens[0, 1 * 8 + 1].reshape(3, 4, 4)[0]                     # token (row 1, col 1): px 2-3
+    assert torch.equal(window, x[0, 0, 1:5, 1:5])
+    corner = tokens[0, 0].reshape(3, 4, 4)[0]                             # token (0, 0): zero padding
+    assert torch.equal(corner[0], torch.zeros(4)) and torch.equal(corner[1:, 1:], x[0, 0, :3, :3])
+
+
 def test_mac_formula_by_hand():
     """One small config, the formula written out. D=32, 4 heads of 8, MLP 64, depth 2, 2 px tokens,
     16 px image: N = 64 tokens, C p p = 12, sincos input dim 32."""
@@ -103,6 +127,9 @@ def test_mac_formula_by_hand():
         assert net.sample_macs(width) == per_sample
         assert net.token_macs(width, N) == per_token
         assert net.macs(width, N) == per_sample + N * per_token
+    # overlap 1: 4 px windows, C k k = 48 in and out; nothing else changes
+    wide = DiT(preset("tiny-dit", dit_overlap=1))
+    assert wide.token_macs(1.0, N) == net.token_macs(1.0, N) + 2 * (48 - P) * D
 
 
 def test_macs_are_what_runs_and_narrower_runs_fewer(dit, dcfg):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import perturbed, structured_masks
 from nitrogen_core._kernels import load_kernels
@@ -21,9 +22,11 @@ from test_kernels import assert_close, needs_triton
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def dcfg():
-    return preset("tiny-dit")             # 16 px, 2 px tokens, 4 px units: 4x4 units of 4 tokens
+@pytest.fixture(scope="module", params=[0, 1], ids=["disjoint", "overlap1"])
+def dcfg(request):
+    # 16 px, 2 px tokens, 4 px units: 4x4 units of 4 tokens; tokens' windows disjoint or reaching 1 px
+    # past their edges (sparse steps then blend fresh and cached output windows)
+    return preset("tiny-dit", dit_overlap=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,12 @@ def make_inputs(cfg, batch: int, seed: int, step: float = 0.3):
     return x1, x2, torch.linspace(50, 950, batch), torch.arange(batch) % (cfg.num_classes + 1)
 
 
-def pixel_mask(blocks: torch.Tensor, block: int) -> torch.Tensor:
-    return blocks.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, None]   # (B, 1, H, W)
+def pixel_mask(blocks: torch.Tensor, block: int, reach: int = 0) -> torch.Tensor:
+    """(B, nb, nb) units -> (B, 1, H, W) their pixels, grown by `reach` px (overlapping output windows)."""
+    pix = blocks.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, None]
+    if reach:
+        pix = F.max_pool2d(pix.float(), 2 * reach + 1, stride=1, padding=reach) > 0
+    return pix
 
 
 # -- every unit active: exact -----------------------------------------------------------------------
@@ -88,9 +95,10 @@ def test_subset_matches_masked_dense(dit, dcfg, nb, seed, width):
         for i, (a, b) in enumerate(zip(getattr(cache, name), getattr(ref_cache, name))):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0, msg=f"{name}[{i}]")
     torch.testing.assert_close(cache.out, ref_cache.out, atol=ATOL, rtol=0)
-    # outside the active units the output is the cached one, bit for bit; inside it changed
+    # beyond the active units' output windows the output is the cached one, bit for bit; inside it changed
+    reach = pixel_mask(mask, dcfg.block_size, dcfg.dit_overlap).expand_as(out)
+    assert torch.equal(out[~reach], prev[~reach])
     pix = pixel_mask(mask, dcfg.block_size).expand_as(out)
-    assert torch.equal(out[~pix], prev[~pix])
     assert not torch.allclose(out[pix], prev[pix])
 
 
@@ -130,14 +138,16 @@ def test_sparse_macs_by_hand(dit, dcfg, nb):
     N = 64 keys) per active token, 4 tokens per unit. The tiny config's numbers written out
     (D 32, 4 heads of 8, MLP 64, depth 2, C p p = 12):
     fixed = 2*32*32 (time MLP) + 2*32*64 (per block: time terms) + 32*128 (shared adaLN) + 32*64 (final) = 12288
-    per token = 12*32 + 2*(3*32*32 + 2*64*32 + 32*32 + 2*32*64) + 32*12 = 25344."""
+    per token = 12*32 + 2*(3*32*32 + 2*64*32 + 32*32 + 2*32*64) + 32*12 = 25344;
+    with overlap 1 the windows are 4 px: C k k = 48, per token 48*32 + 24576 + 32*48 = 27648."""
+    per_token = {0: 25344, 1: 27648}[dcfg.dit_overlap]
     x1, x2, t, labels = make_inputs(dcfg, 4, seed=8)
     _, cache, dense = dense_forward(dit, x1, t, labels, 1.0)
-    assert dense.tolist() == [12288 + 64 * 25344] * 4
+    assert dense.tolist() == [12288 + 64 * per_token] * 4
     mask = structured_masks(nb, 8, uneven=True)
     _, macs = sparse_forward(dit, x2, t, labels, cache, mask)
     units = mask.flatten(1).sum(1)
-    assert macs.tolist() == [0 if n == 0 else 12288 + 4 * int(n) * 25344 for n in units]
+    assert macs.tolist() == [0 if n == 0 else 12288 + 4 * int(n) * per_token for n in units]
 
 
 def test_sparse_macs_are_what_runs(dit, dcfg, nb):
@@ -209,15 +219,15 @@ def test_executor_holds_one_cache_and_frees_it_on_rebuild(dit, dcfg, nb, monkeyp
     ex = DiTExecutor(dit, record=True)
     assert ex.width is None and ex.nbytes == 0
     ex.step(x, t, labels, 1.0, every, torch.ones(2, nb, nb, dtype=torch.bool))
-    N, iw, depth = 64, 32, dcfg.dit_depth
+    N, iw, depth, ckk = 64, 32, dcfg.dit_depth, 3 * (2 + 2 * dcfg.dit_overlap) ** 2
     assert ex.width == 1.0
-    assert ex.nbytes == 4 * (depth * 2 * N * 2 * iw + 2 * N * 12 + x.numel())   # kv, out tokens, last output
+    assert ex.nbytes == 4 * (depth * 2 * N * 2 * iw + 2 * N * ckk + x.numel())  # kv, out windows, last output
     seen = []
     import nitrogen_core.token_sparse as ts
     real = ts.dense_forward
     monkeypatch.setattr(ts, "dense_forward", lambda *a, **k: seen.append(ex.cache) or real(*a, **k))
     ex.step(x, t, labels, 0.5, every, torch.ones(2, nb, nb, dtype=torch.bool))   # width change: rebuilt
-    assert seen == [None] and ex.width == 0.5 and ex.nbytes < 4 * (depth * 2 * N * 2 * iw + 2 * N * 12 + x.numel())
+    assert seen == [None] and ex.width == 0.5 and ex.nbytes < 4 * (depth * 2 * N * 2 * iw + 2 * N * ckk + x.numel())
     with pytest.raises(RuntimeError, match="dense rows at width 1.0 into a cache at width 0.5"):
         ex.step(x, t, labels, 1.0, torch.tensor([True, False]), torch.ones(2, nb, nb, dtype=torch.bool))
     fresh = DiTExecutor(dit, record=True)
