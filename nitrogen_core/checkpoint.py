@@ -39,7 +39,11 @@ FORMAT_VERSION = 1
 KINDS = ("student", "teacher")
 SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "nitrogen-emoji32.safetensors"
+# The checkpoints shipped in the repo, one per backbone; the U-Net's is the CLI's and bench's default.
+BUNDLED_CHECKPOINTS = {backbone: Path(__file__).resolve().parent.parent / "checkpoints" / name
+                       for backbone, name in (("unet", "nitrogen-emoji32.safetensors"),
+                                              ("dit", "nitrogen-emoji32-dit.safetensors"))}
+BUNDLED_CHECKPOINT = BUNDLED_CHECKPOINTS["unet"]
 
 META_PREFIX = "nitrogen."
 REQUIRED_KEYS = ("format", "kind", "config", "labels", "width_schedule", "train")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..nitrogen_core.checkpoint import (BUNDLED_CHECKPOINT, SUFFIX, LoadedCheckpoint, load_checkpoint,
+from ..nitrogen_core.checkpoint import (BUNDLED_CHECKPOINTS, SUFFIX, LoadedCheckpoint, load_checkpoint,
                                         read_header, resolve_device)
 from ..nitrogen_core.errors import NitroGenInputError
 from ..nitrogen_core.sampler import SamplerSettings, make_noise, sample
@@ -25,9 +25,13 @@ from . import _comfy
 log = logging.getLogger(__name__)
 
 FOLDER = "nitrogen"                                  # models/nitrogen, key in folder_paths
-BUNDLED_NAME = "nitrogen-emoji32 (bundled)"          # no file in models/ can have this name (no suffix)
-# Class names the bundled checkpoint is trained on (the emoji32 data folders, sorted). Offered in the
-# label combo until the bundled file exists, so the example workflows validate on a fresh install.
+# The checkpoints shipped with the pack, by combo entry (no file in models/ can have these names: no
+# suffix), one per backbone. BUNDLED_NAME is the first, the one the example workflows load.
+BUNDLED = {"nitrogen-emoji32 (bundled)": BUNDLED_CHECKPOINTS["unet"],
+           "nitrogen-emoji32-dit (bundled)": BUNDLED_CHECKPOINTS["dit"]}
+BUNDLED_NAME = next(iter(BUNDLED))
+# Class names the bundled checkpoints are trained on (the emoji32 data folders, sorted). Offered in the
+# label combo while a bundled file is missing, so the example workflows validate on any install.
 BUNDLED_LABELS = tuple(EMOJI_CLASSES)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -94,19 +98,19 @@ def _folder_dirs() -> list[str]:
 
 
 def checkpoint_names() -> list[str]:
-    """The loader's combo: the bundled checkpoint first (always offered), then models/nitrogen."""
-    return [BUNDLED_NAME, *_folder_files()]
+    """The loader's combo: the bundled checkpoints first (always offered), then models/nitrogen."""
+    return [*BUNDLED, *_folder_files()]
 
 
-def bundled_path() -> Path:
-    return BUNDLED_CHECKPOINT
+def bundled_path(name: str = BUNDLED_NAME) -> Path:
+    return BUNDLED[name]
 
 
 def resolve_checkpoint_path(name: str) -> Path:
     if not isinstance(name, str) or not name:
         raise NitroGenInputError(f"ckpt_name={name!r} must be a checkpoint name from the list")
-    if name == BUNDLED_NAME:
-        path = bundled_path()
+    if name in BUNDLED:
+        path = bundled_path(name)
         if not path.is_file():
             raise NitroGenInputError(
                 f"the bundled checkpoint {path} is not in this copy of the pack yet; put a NitroGen {SUFFIX} "
@@ -121,7 +125,7 @@ def resolve_checkpoint_path(name: str) -> Path:
     except FileNotFoundError:
         full = None
     if full is None:
-        available = [BUNDLED_NAME, *fp.get_filename_list(FOLDER)]
+        available = [*BUNDLED, *fp.get_filename_list(FOLDER)]
         raise NitroGenInputError(f"checkpoint {name!r} is not in {', '.join(_folder_dirs())}; "
                                  f"available: {available}")
     return Path(full)
@@ -151,11 +155,12 @@ def _labels_of(path: Path) -> tuple[str, ...] | None:
 def known_labels() -> list[str]:
     """Union of the class names of every offered checkpoint, bundled first, in checkpoint order.
 
-    The bundled checkpoint's names are always included (read from its header, or BUNDLED_LABELS
-    while the file is missing). Reading only headers keeps this cheap enough for INPUT_TYPES.
+    The bundled checkpoints' names are always included (read from their headers, or BUNDLED_LABELS
+    for a missing file). Reading only headers keeps this cheap enough for INPUT_TYPES.
     """
-    bundled = bundled_path()
-    names = list(_labels_of(bundled) or BUNDLED_LABELS) if bundled.is_file() else list(BUNDLED_LABELS)
+    names = []
+    for path in BUNDLED.values():
+        names.extend((_labels_of(path) if path.is_file() else None) or BUNDLED_LABELS)
     files = _folder_files()
     if files:
         fp = _comfy.folder_paths()
@@ -254,8 +259,9 @@ def file_fingerprint(name: str) -> str:
 # -- the node ----------------------------------------------------------------------------
 
 class NitroGenLoader:
-    DESCRIPTION = ("Loads a NitroGen checkpoint (a .safetensors file from models/nitrogen, or the bundled "
-                   "emoji model): the slimmable U-Net, its gate, class names and width schedule. "
+    DESCRIPTION = ("Loads a NitroGen checkpoint (a .safetensors file from models/nitrogen, or one of the "
+                   "bundled emoji models): the slimmable network (U-Net or transformer), its gate, class "
+                   "names and width schedule. "
                    "The file is fully validated; pickle files are never loaded.")
     CATEGORY = "NitroGen"
     FUNCTION = "load"
@@ -268,8 +274,9 @@ class NitroGenLoader:
         return {
             "required": {
                 "ckpt_name": (checkpoint_names(), {
-                    "tooltip": f"Checkpoint file from models/nitrogen ({SUFFIX}), or '{BUNDLED_NAME}', the "
-                               "32x32 emoji model shipped with the pack."}),
+                    "tooltip": f"Checkpoint file from models/nitrogen ({SUFFIX}), or one of the 32x32 emoji "
+                               f"models shipped with the pack: '{BUNDLED_NAME}' (U-Net) or "
+                               f"'{list(BUNDLED)[1]}' (transformer)."}),
                 "device": (list(DEVICES), {
                     "default": "auto",
                     "tooltip": "Where the model runs. auto = ComfyUI's device (cpu when started with --cpu)."}),

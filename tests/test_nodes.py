@@ -137,7 +137,8 @@ def test_mappings_and_node_metadata(pack, comfy):
 def test_checkpoint_combo_and_label_combo(pack, comfy):
     loader = sub(pack, "nodes.loader")
     names = pack.NODE_CLASS_MAPPINGS["NitroGenLoader"].INPUT_TYPES()["required"]["ckpt_name"][0]
-    assert names == [loader.BUNDLED_NAME, "tiny.safetensors"]          # bundled always offered, first
+    assert names == [*loader.BUNDLED, "tiny.safetensors"]              # bundled always offered, first
+    assert list(loader.BUNDLED) == ["nitrogen-emoji32 (bundled)", "nitrogen-emoji32-dit (bundled)"]
     labels = pack.NODE_CLASS_MAPPINGS["NitroGenAdaptiveSampler"].INPUT_TYPES()["required"]["label"][0]
     assert set(TINY_LABELS) <= set(labels)
     assert len(labels) == len(set(labels))
@@ -265,15 +266,17 @@ def test_budget_is_respected(pack, comfy):
     assert record.macs_used_per_image.max() <= 0.6 * record.macs_full
 
 
-def test_least_budget_offered_runs_on_the_bundled_checkpoint(pack, comfy, monkeypatch):
-    """The widget offers no budget that can only fail: its minimum runs at the default steps on the
+@pytest.mark.parametrize("name, file", [("nitrogen-emoji32 (bundled)", "nitrogen-emoji32.safetensors"),
+                                        ("nitrogen-emoji32-dit (bundled)", "nitrogen-emoji32-dit.safetensors")])
+def test_least_budget_offered_runs_on_the_bundled_checkpoint(pack, comfy, monkeypatch, name, file):
+    """The widget offers no budget that can only fail: its minimum runs at the default steps on each
     bundled model (narrower, within budget)."""
-    bundled = REPO / "checkpoints" / "nitrogen-emoji32.safetensors"
+    bundled = REPO / "checkpoints" / file
     if not bundled.is_file():
         pytest.skip(f"{bundled} is not in this checkout")
     loader = sub(pack, "nodes.loader")
-    monkeypatch.setattr(loader, "BUNDLED_CHECKPOINT", bundled)
-    handle = load_tiny(pack, ckpt_name=loader.BUNDLED_NAME)
+    monkeypatch.setitem(loader.BUNDLED, name, bundled)
+    handle = load_tiny(pack, ckpt_name=name)
     _, sampler, _ = nodes(pack)
     budget = sampler.INPUT_TYPES()["required"]["budget"][1]
     steps = sampler.INPUT_TYPES()["required"]["steps"][1]["default"]
@@ -365,10 +368,11 @@ def test_bad_checkpoints_raise_clear_errors(pack, comfy, monkeypatch):
     with pytest.raises(err, match=r"evil\.pt: \.pt files are pickle-based and are never loaded"):
         loader_node.load("evil.pt", "auto", "auto")
     # the bundled checkpoint, chosen while its file is missing
-    monkeypatch.setattr(loader, "BUNDLED_CHECKPOINT", comfy.root / "checkpoints" / "nitrogen-emoji32.safetensors")
-    with pytest.raises(err, match=r"bundled checkpoint .* is not in this copy of the pack yet.*models/nitrogen"):
-        loader_node.load(loader.BUNDLED_NAME, "auto", "auto")
-    assert "unavailable" in pack.NODE_CLASS_MAPPINGS["NitroGenLoader"].IS_CHANGED(loader.BUNDLED_NAME)
+    for name in loader.BUNDLED:
+        monkeypatch.setitem(loader.BUNDLED, name, comfy.root / "checkpoints" / "absent.safetensors")
+        with pytest.raises(err, match=r"bundled checkpoint .* is not in this copy of the pack yet.*models/nitrogen"):
+            loader_node.load(name, "auto", "auto")
+        assert "unavailable" in pack.NODE_CLASS_MAPPINGS["NitroGenLoader"].IS_CHANGED(name)
     with pytest.raises(err, match=r"device='tpu' is not one of"):
         loader_node.load("tiny.safetensors", "tpu", "auto")
     with pytest.raises(err, match=r"dtype='fp8' is not one of"):
@@ -380,11 +384,13 @@ def test_bad_checkpoints_raise_clear_errors(pack, comfy, monkeypatch):
 
 def test_bundled_checkpoint_loads_when_present(pack, comfy, monkeypatch, tiny_file):
     loader = sub(pack, "nodes.loader")
-    monkeypatch.setattr(loader, "BUNDLED_CHECKPOINT", tiny_file)
-    handle = load_tiny(pack, ckpt_name=loader.BUNDLED_NAME)
-    assert handle.checkpoint.labels == tuple(TINY_LABELS)
+    for name in loader.BUNDLED:
+        monkeypatch.setitem(loader.BUNDLED, name, tiny_file)
+    for name in loader.BUNDLED:
+        handle = load_tiny(pack, ckpt_name=name)
+        assert handle.checkpoint.labels == tuple(TINY_LABELS)
     labels = pack.NODE_CLASS_MAPPINGS["NitroGenAdaptiveSampler"].INPUT_TYPES()["required"]["label"][0]
-    assert labels[:3] == TINY_LABELS and "clock" not in labels        # read from the file, not the fallback
+    assert labels[:3] == TINY_LABELS and "clock" not in labels        # read from the files, not the fallback
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
