@@ -161,6 +161,28 @@ def test_gate_targets_are_skip_errors(teacher_run):
     assert set(report) >= {"log_rmse", "pearson", "decisions"}
 
 
+def test_on_policy_trajectories_follow_the_gates_decisions(teacher_run):
+    """With the gate as policy, a gate that predicts a large residual everywhere recomputes every
+    block at every step; one that predicts none skips every block until max_skips forces it."""
+    ck = load_checkpoint(teacher_run / "teacher.safetensors")
+    cfg = ck.config
+    grid = cfg.image_size // cfg.patch_size
+
+    def constant(value):
+        return lambda x, t, eps_cached, eps_delta: torch.full((x.shape[0], grid, grid), value)
+
+    def cached_changes(policy):
+        data = gate_trajectories(ck.model, (1.0,), n=2, steps=8, cfg_scale=1.5, seed=0, policy=policy)
+        steps = data["eps_cached"].view(-1, 2, *data["eps_cached"].shape[1:])    # (gated steps, 2, C, H, W)
+        return (steps[1:] != steps[:-1]).float().mean().item()                  # share of cached eps refreshed
+
+    everywhere, nowhere = cached_changes(constant(1e3)), cached_changes(constant(0.0))
+    assert everywhere == 1.0                     # every block was recomputed between gated steps
+    assert nowhere < 0.75                        # blocks sat out steps (forced back only by max_skips)
+    # the same seed with random skips is a different pattern again: the policy is what decides
+    assert cached_changes(None) not in (everywhere, nowhere)
+
+
 TORCHRUN_SCRIPT = textwrap.dedent("""
     import hashlib, os, sys
     import torch

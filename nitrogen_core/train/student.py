@@ -15,7 +15,10 @@
    the adaptive sampler's (warm-up, refresh, capped consecutive skips). At every step the
    dense fresh eps is computed too, so the target for each patch is the RMS of
    (eps_fresh - eps_cached), the error a skip would have caused. The gate regresses it in log
-   space; held-out trajectories measure it.
+   space. Then a second round on its own decisions (DAgger-style): trajectories where blocks are
+   skipped by the trained gate at thresholds around the default's range, the states the sampler
+   will really visit; the gate is fine-tuned on both sets. Held-out trajectories of both kinds
+   measure it.
 4. Export: RUN2/student.safetensors, kind "student", with gate, width schedule, labels,
    recommended sampler settings and training metadata.
 """
@@ -45,6 +48,9 @@ from .data import load_image_folder
 from .teacher import drop_labels, min_snr_weight, sample_grid
 
 SCHEDULE_SEGMENTS = 4
+# Thresholds of the gate's own decisions in the on-policy round: the range the tail rule has chosen
+# from (0.003 on the first bundled model), one per trajectory batch.
+ON_POLICY_TAUS = (0.001, 0.003, 0.01, 0.03)
 
 
 @dataclass(frozen=True)
@@ -160,16 +166,24 @@ def choose_width_schedule(errors: dict[float, list[float]], step_weight: list[fl
 
 @torch.no_grad()
 def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n: int, steps: int,
-                      cfg_scale: float, seed: int, batch: int = 16) -> dict[str, torch.Tensor]:
-    """Gate inputs and per-patch targets along sampler-like trajectories with random skip patterns.
+                      cfg_scale: float, seed: int, batch: int = 16, policy=None,
+                      taus: tuple[float, ...] = ON_POLICY_TAUS) -> dict[str, torch.Tensor]:
+    """Gate inputs and per-patch targets along sampler-like trajectories.
+
+    policy None: random skip patterns (a keep probability per batch), which explore states the
+    sampler rarely reaches. policy = a gate: its own decisions at a threshold drawn per batch from
+    `taus`, by the sampler's rule (a block is recomputed when its worst patch's predicted residual
+    times the step's image weight reaches tau, or after max_skips skips in a row).
 
     Returns x (N, C, H, W), t (N,), eps_cached, eps_delta, target (N, Hp, Wp) over all gated steps.
     """
     cfg, net = model.config, model.net
     schedule = Schedule(cfg.train_timesteps)
     timesteps = schedule.sampling_timesteps(steps)
+    step_weight, _ = image_weights(schedule, timesteps)
     rng = random.Random(seed)
     p, nb = cfg.patch_size, cfg.image_size // cfg.block_size
+    per_block = cfg.block_size // p
     rows = {k: [] for k in ("x", "t", "eps_cached", "eps_delta", "target")}
     for start in range(0, n, batch):
         B = min(batch, n - start)
@@ -179,7 +193,8 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
         eps_delta = torch.zeros_like(x)
         skip_run = torch.zeros(B, nb, nb, dtype=torch.long)
         warmup, refresh, max_skips = rng.choice([1, 2, 3]), rng.choice([0, 4, 5, 8]), rng.choice([2, 3, 4])
-        keep_prob = rng.uniform(0.1, 0.9)             # how often a block is recomputed on a gated step
+        keep_prob = rng.uniform(0.1, 0.9)             # random policy: how often a block is recomputed
+        tau = rng.choice(taus)                        # gate policy: its threshold for this batch
         prev_width = None
         for i, t in enumerate(timesteps):
             width = width_for_step(width_schedule, i, steps)
@@ -192,8 +207,13 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
                 rows["eps_cached"].append(eps_cached.clone())
                 rows["eps_delta"].append(eps_delta.clone())
                 rows["target"].append(F.avg_pool2d(diff, p)[:, 0].sqrt())             # (B, Hp, Wp)
-                gen = torch.Generator().manual_seed(seed * 131 + start * 17 + i)
-                blocks = (torch.rand(B, nb, nb, generator=gen) < keep_prob) | (skip_run >= max_skips)
+                if policy is None:
+                    gen = torch.Generator().manual_seed(seed * 131 + start * 17 + i)
+                    wanted = torch.rand(B, nb, nb, generator=gen) < keep_prob
+                else:
+                    r = policy(x, torch.full((B,), float(t)), eps_cached, eps_delta)          # (B, Hp, Wp)
+                    wanted = F.max_pool2d(r[:, None], per_block)[:, 0] * step_weight[i] >= tau  # (B, nb, nb)
+                blocks = wanted | (skip_run >= max_skips)
             else:
                 blocks = torch.ones(B, nb, nb, dtype=torch.bool)
             computed = blocks.repeat_interleave(cfg.block_size, 1).repeat_interleave(cfg.block_size, 2)[:, None]
@@ -337,14 +357,23 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     print(f"width schedule {width_schedule} (bound {s.width_error_bound})", file=sys.stderr)
 
     print(f"collecting gate trajectories ({s.gate_trajectories} train + 16 held out)", file=sys.stderr)
-    train_set = gate_trajectories(student, width_schedule, s.gate_trajectories, s.sample_steps, s.sample_cfg,
-                                  seed=s.seed + 2)
-    held_out = gate_trajectories(student, width_schedule, 16, s.sample_steps, s.sample_cfg, seed=s.seed + 3)
+    trajectories = dict(model=student, width_schedule=width_schedule, steps=s.sample_steps, cfg_scale=s.sample_cfg)
+    train_set = gate_trajectories(n=s.gate_trajectories, seed=s.seed + 2, **trajectories)
+    held_out = gate_trajectories(n=16, seed=s.seed + 3, **trajectories)
     torch.manual_seed(s.seed)
     gate_losses = train_gate(student.gate, train_set, s.gate_steps, seed=s.seed)
+    print(f"on its own decisions: {s.gate_trajectories // 2 or 1} train + 16 held-out trajectories, "
+          f"thresholds {ON_POLICY_TAUS}", file=sys.stderr)
+    on_policy = gate_trajectories(n=s.gate_trajectories // 2 or 1, seed=s.seed + 4, policy=student.gate, **trajectories)
+    held_on_policy = gate_trajectories(n=16, seed=s.seed + 5, policy=student.gate, **trajectories)
+    both = {k: torch.cat([train_set[k], on_policy[k]]) for k in train_set}
+    gate_losses += train_gate(student.gate, both, s.gate_steps // 2 or 1, seed=s.seed + 1)
     student.gate.eval()
     report = gate_report(student.gate, held_out, thresholds=(0.02, 0.05, 0.1))
-    print(f"gate held-out: log-RMSE {report['log_rmse']:.3f}, pearson {report['pearson']:.3f}", file=sys.stderr)
+    report["on_policy"] = gate_report(student.gate, held_on_policy, thresholds=(0.02, 0.05, 0.1))
+    print(f"gate held-out: log-RMSE {report['log_rmse']:.3f}, pearson {report['pearson']:.3f} (random skips); "
+          f"{report['on_policy']['log_rmse']:.3f}, {report['on_policy']['pearson']:.3f} (its own decisions)",
+          file=sys.stderr)
 
     rule = TailRule(s.tau_p1_psnr, s.tau_worst_psnr)
     print(f"choosing the default threshold on {s.tau_images} images: {rule.text()}", file=sys.stderr)
