@@ -52,6 +52,11 @@ class Executor:
     A cache has `width` and `nbytes`.
     """
 
+    # The sampler's default dense_above: the share of units above which one dense pass is worth
+    # more than a sparse one (it costs about as much time and refreshes every unit). Per backbone,
+    # from `bench kernels`.
+    dense_above: float = 0.25
+
     def __init__(self, net: torch.nn.Module, record: bool):
         self.net, self.record = net, record      # record=False: never sparse, keep no cache
         self.cache = None

@@ -28,9 +28,10 @@ an image's output is a function of its own noise, label and settings, never of i
   there instead cost 12 dB of PSNR to full at tau 0.01 for no MACs saved. The record's
   exited_at is each patch's final retirement. Exits happen only within the last width segment.
 - An image that is due a dense step, or wants more than `dense_above` of its blocks, is computed
-  whole by a dense forward (refreshing every block): on the CPU torch executor a sparse pass
-  over ~40% of the blocks is slower than a dense one, and sampling runs fastest at 0.25
-  (bench.adaptive_speed). The other images run sparse, at the cache's width, on their wanted
+  whole by a dense forward (refreshing every block). Unset, dense_above is the backbone's
+  break-even (Executor.dense_above): 0.25 for the U-Net, where a sparse pass over ~40% of the
+  blocks is slower than a dense one on the CPU (sampling ran fastest at 0.25,
+  bench.adaptive_speed), and 0.9 for the transformer, whose sparse steps pay almost linearly. The other images run sparse, at the cache's width, on their wanted
   blocks; one executor call serves both kinds (sparse.UNetExecutor).
 - Patches are merged into `block_size` blocks for execution; every patch of a computed block
   gets its fresh eps, and the record's mask says exactly which patches were computed.
@@ -74,7 +75,8 @@ class SamplerSettings:
     refresh_every: int = 3        # a dense refresh every this many steps after warm-up (0: never)
     max_skips: int = 3            # a patch skipped this many steps in a row is recomputed
     exit_patience: int = 3        # gate calls in a row settled below threshold before a block exits (0: never)
-    dense_above: float = 0.25     # a step wanting more than this share of the blocks runs dense (1.0: never)
+    dense_above: float | None = None   # a step wanting more than this share of the blocks runs dense
+                                       # (1.0: never; None: the backbone's break-even, Executor.dense_above)
     width: float = 1.0            # channel width of every step in full and cache modes (0.5: the "slim" baseline)
     image_skip: float = 0.3       # adaptive: an image sits a step out while its predicted drift < image_skip * tau (0: never)
 
@@ -86,6 +88,8 @@ class SamplerSettings:
                 raise NitroGenInputError(f"{name}={value!r} must be an integer")
         for name in ("cfg", "threshold", "budget", "dense_above", "width", "image_skip"):
             value = getattr(self, name)
+            if name == "dense_above" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise NitroGenInputError(f"{name}={value!r} must be a finite number")
         lo, hi = LIMITS["steps"]
@@ -99,7 +103,7 @@ class SamplerSettings:
             raise NitroGenInputError(f"threshold={self.threshold} is out of range; allowed {lo}..{hi} (0 = full compute)")
         if not 0.0 < self.budget <= 1.0:
             raise NitroGenInputError(f"budget={self.budget} is out of range; allowed (0, 1] as a fraction of full compute")
-        if not 0.0 <= self.dense_above <= 1.0:
+        if self.dense_above is not None and not 0.0 <= self.dense_above <= 1.0:
             raise NitroGenInputError(f"dense_above={self.dense_above} is out of range; allowed 0..1 "
                                      f"(share of blocks above which a step runs dense)")
         if not 0.0 < self.width <= 1.0:
@@ -204,6 +208,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
 
     # MAC accounting: full compute is the width-1.0 dense forward every step, both CFG halves.
     executor = model.executor(record=may_go_sparse)
+    dense_above = executor.dense_above if settings.dense_above is None else settings.dense_above
     full_cost = executor.costs(1.0).dense * halves
     macs_full = full_cost * settings.steps
     budget_macs = math.floor(settings.budget * macs_full)
@@ -293,7 +298,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         # No image ever passes its budget: an image that cannot afford a dense pass runs sparse.
         remaining = budget_macs - reserved[i] - used - step_macs                # (B,)
         share = want.flatten(1).float().mean(1)                                  # (B,)
-        dense = ~sit_out & (dense_due | (share >= 1.0) | (share > settings.dense_above)) \
+        dense = ~sit_out & (dense_due | (share >= 1.0) | (share > dense_above)) \
             & (remaining >= dense_cost[i])
         if width_change and not bool(dense.all()):
             raise RuntimeError(f"internal error: images {(~dense).nonzero().flatten().tolist()} cannot afford "

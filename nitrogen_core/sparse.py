@@ -325,6 +325,10 @@ def masked_dense_forward(unet: UNet, x: torch.Tensor, t: torch.Tensor, labels: t
 class UNetExecutor(Executor):
     """The U-Net's executor (see executor.Executor): units are block_size px pixel blocks."""
 
+    # A sparse pass over ~40% of the blocks takes as long as a dense one on the CPU (halos, the
+    # dense 8 px level and ~40 small ops), so above a quarter a dense pass is the better buy.
+    dense_above = 0.25
+
     def dense_forward(self, x, t, labels, width, record):
         return dense_forward(self.net, x, t, labels, width, record=record)
 

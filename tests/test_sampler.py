@@ -341,7 +341,8 @@ class LeftHalfGate(ConstantGate):
         return r
 
 
-@pytest.mark.parametrize("dense_above, expect_dense", [(0.4, True), (0.5, False), (1.0, False)])
+@pytest.mark.parametrize("dense_above, expect_dense", [(0.4, True), (0.5, False), (1.0, False),
+                                                       (None, True)])   # None: the U-Net's 0.25
 def test_crowded_step_runs_dense(model, noise, labels, monkeypatch, dense_above, expect_dense):
     """Half the blocks wanted: above dense_above the step runs dense and refreshes every block."""
     monkeypatch.setattr(model, "gate", LeftHalfGate(model.gate, 1e9))
@@ -358,6 +359,14 @@ def test_crowded_step_runs_dense(model, noise, labels, monkeypatch, dense_above,
         assert (first.macs < dense).all()
     # the last step can never afford a dense pass plus the gate within budget 1.0: it stays sparse
     assert not last.dense.any() and (rec.macs_used_per_image <= rec.macs_full).all()
+
+
+def test_default_dense_above_is_the_backbones():
+    """Unset, dense_above is the executor's break-even: a quarter of the U-Net's blocks, nine
+    tenths of the transformer's tokens (a skipped token costs nothing)."""
+    assert SamplerSettings().dense_above is None
+    assert NitroGenModel(preset("tiny")).executor(record=True).dense_above == 0.25
+    assert NitroGenModel(preset("tiny-dit")).executor(record=True).dense_above == 0.9
 
 
 def test_dense_step_revives_retired_blocks(model, noise, labels, monkeypatch):
