@@ -65,6 +65,30 @@ def test_sweep_reports_mean_p1_and_worst(tmp_path):
     assert text.count("| holds |") + text.count("| fails |") == 3
 
 
+def test_sweep_stops_at_the_first_failure_and_uses_the_base_settings(monkeypatch):
+    """With a stop rule nothing past the first failing tau is sampled; `base` reaches the sampler."""
+    torch.manual_seed(0)
+    model = perturbed(NitroGenModel(preset("tiny"))).eval()
+    labels = proportional_labels([1, 1, 1], 3)
+    import nitrogen_core.bench.tau as tau_mod
+    seen = []
+    real = tau_mod._sample_all
+
+    def spy(model, noise, labels, settings, schedule, progress):
+        seen.append(settings)
+        return real(model, noise, labels, settings, schedule, progress)
+
+    monkeypatch.setattr(tau_mod, "_sample_all", spy)
+    impossible = TailRule(200.0, 200.0)                 # even tau 0 (bit-identical) caps PSNR below 200 dB
+    rows = threshold_sweep(model, (1.0,), 4, 1.5, labels, taus=(0.5, 0.0, 5.0), stop_rule=impossible,
+                           base={"refresh_every": 0, "dense_above": 1.0})
+    assert [r["threshold"] for r in rows] == [0.0]      # ascending, and stopped at the first failure
+    full, adaptive = seen
+    assert full.mode == "full" and adaptive.mode == "adaptive"
+    assert adaptive.refresh_every == 0 and adaptive.dense_above == 1.0 and adaptive.threshold == 0.0
+    assert len(threshold_sweep(model, (1.0,), 4, 1.5, labels, taus=(0.5, 0.0, 5.0))) == 3   # no rule: all
+
+
 @pytest.mark.parametrize("args, needle", [(["--images", "100"], "--images 100 is out of range"),
                                           (["--taus", "0.01,x"], "--taus '0.01,x' must be comma-separated"),
                                           (["--taus", "-1"], "every threshold must be in 0..100"),

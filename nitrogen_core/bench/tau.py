@@ -81,9 +81,14 @@ def _sample_all(model, noise, labels, settings, schedule, progress) -> tuple[tor
 
 @torch.no_grad()
 def threshold_sweep(model, width_schedule: tuple[float, ...], steps: int, cfg_scale: float, labels: torch.Tensor,
-                    taus=THRESHOLD_GRID, log=None) -> list[dict]:
-    """Per tau: MACs of the adaptive sampler (gate + width schedule) and the mean, 1st percentile
-    and worst per-image PSNR to full compute (width 1.0, every patch, every step) on the same noise."""
+                    taus=THRESHOLD_GRID, log=None, stop_rule: TailRule | None = None,
+                    base: dict | None = None) -> list[dict]:
+    """Per tau, ascending: MACs of the adaptive sampler (gate + width schedule) and the mean, 1st
+    percentile and worst per-image PSNR to full compute (width 1.0, every patch, every step) on the
+    same noise. `base`: further sampler settings of the adaptive runs (a checkpoint's recommended
+    ones). With `stop_rule`, the sweep ends at the first tau that fails it: no larger tau can be
+    chosen then, and each tau costs a full pass over the images."""
+    taus, base = tuple(sorted(taus)), dict(base or {})
     noise = calibration_noise(model.config, len(labels))
     chunks = -(-len(labels) // MAX_BATCH)
     done = [0]
@@ -97,12 +102,14 @@ def threshold_sweep(model, width_schedule: tuple[float, ...], steps: int, cfg_sc
                           progress)
     rows = []
     for tau in taus:
-        images, mac_ratio = _sample_all(model, noise, labels, SamplerSettings(steps=steps, cfg=cfg_scale, threshold=tau),
-                                        width_schedule, progress)
+        settings = SamplerSettings(**{**base, "steps": steps, "cfg": cfg_scale, "threshold": tau, "mode": "adaptive"})
+        images, mac_ratio = _sample_all(model, noise, labels, settings, width_schedule, progress)
         p = psnr(images, full)
         rows.append({"threshold": tau, "mac_ratio": mac_ratio, "psnr_mean": float(p.clamp(max=100).mean()),
                      "psnr_p1": float(torch.quantile(p, 0.01)), "psnr_min": float(p.min()),
                      "share_below_30db": float((p < 30).float().mean())})
+        if stop_rule is not None and not stop_rule.holds(rows[-1]):
+            break
     return rows
 
 
@@ -136,12 +143,14 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['threshold']:g} | {r['mac_ratio']:.3f} | {r['psnr_mean']:.1f} dB | {r['psnr_p1']:.1f} dB "
                      f"| {r['psnr_min']:.1f} dB | {100 * r['share_below_30db']:.1f}% | "
                      f"{'holds' if rule.holds(r) else 'fails'} |")
+    if result.get("stopped_at_failure"):
+        lines += ["", "The sweep stops at the first τ that fails the rule: no larger τ can be chosen."]
     lines += ["", f"**Chosen:** τ = {result['threshold']:g}.", ""]
     return "\n".join(lines)
 
 
 def calibrate(ckpt_path: str, images: int, counts: list[int] | None, rule: TailRule = DEFAULT_RULE,
-              taus=THRESHOLD_GRID, log=print) -> dict:
+              taus=THRESHOLD_GRID, log=print, stop_at_failure: bool = True) -> dict:
     from ..checkpoint import load_checkpoint
     ck = load_checkpoint(ckpt_path)
     steps, cfg_scale = ck.sampler.get("steps", 20), ck.sampler.get("cfg", 1.5)
@@ -150,11 +159,14 @@ def calibrate(ckpt_path: str, images: int, counts: list[int] | None, rule: TailR
     counts = counts or [1] * ck.config.num_classes
     labels = proportional_labels(counts, images)
     start = time.perf_counter()
-    rows = threshold_sweep(ck.model, ck.width_schedule, steps, cfg_scale, labels, taus=taus, log=log)
+    base = {k: v for k, v in ck.sampler.items() if k not in ("steps", "cfg", "threshold", "mode")}
+    rows = threshold_sweep(ck.model, ck.width_schedule, steps, cfg_scale, labels, taus=taus, log=log,
+                           stop_rule=rule if stop_at_failure else None, base=base)
     return {"ckpt": str(ckpt_path), "images": images, "steps": steps, "cfg": cfg_scale,
             "label_counts": dict(zip(ck.labels, torch.bincount(labels, minlength=len(ck.labels)).tolist())),
             "rule": asdict(rule), "rule_text": rule.text(), "rows": rows,
-            "threshold": choose_threshold(rows, rule), "seconds": round(time.perf_counter() - start, 1)}
+            "threshold": choose_threshold(rows, rule), "stopped_at_failure": len(rows) < len(taus),
+            "sampler": base, "seconds": round(time.perf_counter() - start, 1)}
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -195,7 +207,8 @@ def cmd_tau(args: argparse.Namespace) -> int:
         from ..train.data import load_image_folder
         counts = list(load_image_folder(args.data).counts().values())
     from .evaluate import command_line
-    result = calibrate(args.ckpt, args.images, counts, taus=taus,
+    # an explicit --taus list is swept whole (to see past a failure); the default grid stops at one
+    result = calibrate(args.ckpt, args.images, counts, taus=taus, stop_at_failure=args.taus is None,
                        log=lambda m: print(m, file=sys.stderr, flush=True))
     from ..checkpoint import BUNDLED_CHECKPOINT
     result["command"] = command_line(["python -m nitrogen_core bench tau"],

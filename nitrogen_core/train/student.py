@@ -379,7 +379,8 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     print(f"choosing the default threshold on {s.tau_images} images: {rule.text()}", file=sys.stderr)
     counts = list(data.counts().values())
     sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg,
-                            proportional_labels(counts, s.tau_images))
+                            proportional_labels(counts, s.tau_images), stop_rule=rule,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
     threshold = choose_threshold(sweep, rule)
     print(f"default threshold {threshold}", file=sys.stderr)
     calib_seconds = time.monotonic() - t0
