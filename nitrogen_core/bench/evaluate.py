@@ -71,7 +71,7 @@ from .metrics import (BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, NEAR
                       fid_replicates, gaussian_of, near_copy_rate, psnr, set_distance, ssim)
 
 DEFAULT_JUDGE = BUNDLED_CHECKPOINT.parent / "judge-emoji32.safetensors"
-DEFAULT_DATA = "data/emoji32"               # where the README's setup puts `data emoji`
+DEFAULT_DATA = "data/emoji32-v2"            # where the README's setup puts `data emoji` (the v2 corpus)
 FLOOR_SEED = 0
 BENCH_SEED = 2025
 CHUNK = 32                                 # images per sampler call
