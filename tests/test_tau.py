@@ -62,6 +62,10 @@ def test_sweep_reports_mean_p1_and_worst(tmp_path):
                      "rule": {"p1_psnr": 32.0, "worst_psnr": 25.0}, "rule_text": TailRule().text(),
                      "rows": rows, "threshold": chosen})
     assert "1st-percentile PSNR to full >= 32 dB and worst image >= 25 dB" in text
+    assert "refresh_every 0" in markdown({"command": "cmd", "images": 8, "label_counts": {}, "steps": 4, "cfg": 1.5,
+                                          "ckpt": "x", "rule": {"p1_psnr": 32.0, "worst_psnr": 25.0},
+                                          "rule_text": "", "rows": rows, "threshold": chosen,
+                                          "sampler": {"refresh_every": 0}})
     assert text.count("| holds |") + text.count("| fails |") == 3
 
 
@@ -92,7 +96,8 @@ def test_sweep_stops_at_the_first_failure_and_uses_the_base_settings(monkeypatch
 @pytest.mark.parametrize("args, needle", [(["--images", "100"], "--images 100 is out of range"),
                                           (["--taus", "0.01,x"], "--taus '0.01,x' must be comma-separated"),
                                           (["--taus", "-1"], "every threshold must be in 0..100"),
-                                          (["--json", "docs"], "--json 'docs' is a directory")])
+                                          (["--json", "docs"], "--json 'docs' is a directory"),
+                                          (["--refresh-every", "-1"], "--refresh-every -1 is out of range")])
 def test_cli_errors_are_one_line(args, needle):
     proc = subprocess.run([sys.executable, "-m", "nitrogen_core", "bench", "tau", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)

@@ -83,10 +83,11 @@ def test_rerun_with_other_settings_is_refused(tiny_data, teacher_run):
 def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
     s = StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data), out_dir=str(tmp_path),
                         steps=2, batch=4, warmup=1, sample_every=10_000, gate_trajectories=4, gate_steps=5,
-                        sample_steps=6, tau_images=6)
+                        sample_steps=6, tau_images=6, refresh_every=0)
     result = train_student(s)
     ck = load_checkpoint(tmp_path / "student.safetensors")
     assert ck.kind == "student" and ck.labels == ("blue", "green", "red")
+    assert ck.sampler["refresh_every"] == 0 and ck.sampler["threshold"] == result["threshold"]
     assert ck.width_schedule == tuple(result["width_schedule"]) and len(ck.width_schedule) == 4
     fresh_gate = load_checkpoint(teacher_run / "teacher.safetensors").model.gate.state_dict()
     assert any(not torch.equal(v, fresh_gate[k]) for k, v in ck.model.gate.state_dict().items())

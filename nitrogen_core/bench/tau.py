@@ -135,6 +135,9 @@ def markdown(result: dict) -> str:
         "",
         f"**Rule:** the default τ is the largest τ up to which every swept τ keeps the {result['rule_text']}.",
         "",
+        *([f"Adaptive runs with these sampler settings besides τ: "
+           f"{', '.join(f'{k} {v}' for k, v in sorted(result['sampler'].items()))}.", ""]
+          if result.get("sampler") else []),
         "| τ | MACs/full | PSNR to full: mean | 1st percentile | worst | images < 30 dB | rule |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -150,7 +153,7 @@ def markdown(result: dict) -> str:
 
 
 def calibrate(ckpt_path: str, images: int, counts: list[int] | None, rule: TailRule = DEFAULT_RULE,
-              taus=THRESHOLD_GRID, log=print, stop_at_failure: bool = True) -> dict:
+              taus=THRESHOLD_GRID, log=print, stop_at_failure: bool = True, overrides: dict | None = None) -> dict:
     from ..checkpoint import load_checkpoint
     ck = load_checkpoint(ckpt_path)
     steps, cfg_scale = ck.sampler.get("steps", 20), ck.sampler.get("cfg", 1.5)
@@ -160,6 +163,7 @@ def calibrate(ckpt_path: str, images: int, counts: list[int] | None, rule: TailR
     labels = proportional_labels(counts, images)
     start = time.perf_counter()
     base = {k: v for k, v in ck.sampler.items() if k not in ("steps", "cfg", "threshold", "mode")}
+    base.update(overrides or {})
     rows = threshold_sweep(ck.model, ck.width_schedule, steps, cfg_scale, labels, taus=taus, log=log,
                            stop_rule=rule if stop_at_failure else None, base=base)
     return {"ckpt": str(ckpt_path), "images": images, "steps": steps, "cfg": cfg_scale,
@@ -181,6 +185,8 @@ def add_tau_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                              "(default: the counts stored in the checkpoint, else uniform)")
     parser.add_argument("--taus", default=None,
                         help="comma-separated thresholds to sweep (default: " + ",".join(map(str, THRESHOLD_GRID)) + ")")
+    parser.add_argument("--refresh-every", type=int, default=None, metavar="K",
+                        help="sweep with this dense refresh period (default: the checkpoint's recommended one)")
     parser.add_argument("--json", default=None, help="write the sweep and the choice here")
     parser.add_argument("--markdown", default=None, help="write the rule and the sweep table here")
     return parser
@@ -202,18 +208,22 @@ def cmd_tau(args: argparse.Namespace) -> int:
             raise NitroGenInputError(f"--taus {args.taus!r} must be comma-separated numbers, e.g. 0.003,0.01") from None
         if not taus or any(not 0.0 <= t <= 100.0 for t in taus):
             raise NitroGenInputError(f"--taus {args.taus!r}: every threshold must be in 0..100")
+    if args.refresh_every is not None and not 0 <= args.refresh_every <= 1000:
+        raise NitroGenInputError(f"--refresh-every {args.refresh_every} is out of range; use 0..1000 (0: none)")
     counts = None
     if args.data is not None:
         from ..train.data import load_image_folder
         counts = list(load_image_folder(args.data).counts().values())
     from .evaluate import command_line
     # an explicit --taus list is swept whole (to see past a failure); the default grid stops at one
-    result = calibrate(args.ckpt, args.images, counts, taus=taus, stop_at_failure=args.taus is None,
+    overrides = {} if args.refresh_every is None else {"refresh_every": args.refresh_every}
+    result = calibrate(args.ckpt, args.images, counts, taus=taus, stop_at_failure=args.taus is None, overrides=overrides,
                        log=lambda m: print(m, file=sys.stderr, flush=True))
     from ..checkpoint import BUNDLED_CHECKPOINT
     result["command"] = command_line(["python -m nitrogen_core bench tau"],
                                      [("--ckpt", None if args.ckpt == str(BUNDLED_CHECKPOINT) else args.ckpt),
                                       ("--images", args.images), ("--data", args.data), ("--taus", args.taus),
+                                      ("--refresh-every", args.refresh_every),
                                       ("--json", args.json),
                                       ("--markdown", args.markdown)])
     if args.json:

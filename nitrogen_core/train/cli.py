@@ -5,6 +5,16 @@ import argparse
 import math
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -53,6 +63,9 @@ def add_train_parser(subparsers) -> None:
     st.add_argument("--width-error-bound", type=float, default=0.01,
                     help="max extra final-image error (pixels in [-1, 1]) a narrower width may add per "
                          "trajectory segment, vs width 1.0 (default 0.01)")
+    st.add_argument("--refresh-every", type=_non_negative_int, default=3,
+                    help="the dense refresh period the checkpoint recommends (0: none after warm-up); the "
+                         "default threshold is calibrated with it (default 3)")
     st.add_argument("--gate-trajectories", type=_positive_int, default=48)
     st.add_argument("--gate-steps", type=_positive_int, default=1500)
     st.add_argument("--seed", type=int, default=0)
@@ -83,5 +96,6 @@ def cmd_train_student(args) -> int:
                                   batch=args.batch, minutes=args.minutes, seed=args.seed,
                                   width_error_bound=args.width_error_bound,
                                   gate_trajectories=args.gate_trajectories, gate_steps=args.gate_steps,
+                                  refresh_every=args.refresh_every,
                                   sample_every=args.sample_every))
     return 0

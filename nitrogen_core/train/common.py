@@ -204,7 +204,7 @@ def _with_resolved_config(saved: dict) -> dict:
 # calibration (rerunning a finished student with a new bound recalibrates without retraining).
 RESUMABLE_CHANGES = {"minutes", "stop_after", "sample_every", "save_every",
                      "width_error_bound", "tau_p1_psnr", "tau_worst_psnr", "tau_images", "gate_trajectories",
-                     "gate_steps"}
+                     "gate_steps", "refresh_every"}
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:

@@ -78,6 +78,7 @@ class StudentSettings:
     tau_images: int = 540           # this many images (>= 512 for a real model; tests use fewer)
     gate_trajectories: int = 48
     gate_steps: int = 1500
+    refresh_every: int = 3          # recommended dense refresh period; the threshold is calibrated with it
 
 
 # -- 1. distillation ---------------------------------------------------------------------------------
@@ -380,6 +381,7 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     counts = list(data.counts().values())
     sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg,
                             proportional_labels(counts, s.tau_images), stop_rule=rule,
+                            base={"refresh_every": s.refresh_every},
                             log=lambda m: print(m, file=sys.stderr, flush=True))
     threshold = choose_threshold(sweep, rule)
     print(f"default threshold {threshold}", file=sys.stderr)
@@ -399,6 +401,7 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
                            "width_error_bound": s.width_error_bound, "gate_log_rmse": report["log_rmse"],
                            "class_counts": counts,
                            "commit": _git_commit()},
-                    sampler={"steps": s.sample_steps, "cfg": s.sample_cfg, "threshold": threshold})
+                    sampler={"steps": s.sample_steps, "cfg": s.sample_cfg, "threshold": threshold,
+                             "refresh_every": s.refresh_every})
     print(f"student done: {out}", file=sys.stderr)
     return {"step": s.steps, "done": True, "checkpoint": str(out), **summary}
