@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -45,12 +46,15 @@ class Executor:
     units of others (a sparse forward at the cache's width). Every sample's result depends on its
     own inputs and cache rows only, never on which other samples share the batch.
 
-    Subclasses give the backbone's forwards (looked up when called, so a benchmark may patch them):
+    Subclasses set `forwards`, the backbone's module, whose functions are looked up when called
+    (so a benchmark or test may patch them):
     dense_forward(net, x, t, labels, width, record) -> (out, cache or None, MACs per sample);
     dense_forward_rows(net, x, t, labels, cache, rows) -> (out, MACs), writing rows of the cache;
     sparse_forward(net, x, t, labels, cache, units) -> (out for every sample, MACs), in place.
     A cache has `width` and `nbytes`.
     """
+
+    forwards: ModuleType                         # the backbone's module (sparse, token_sparse)
 
     # The sampler's default dense_above: the share of units above which one dense pass is worth
     # more than a sparse one (it costs about as much time and refreshes every unit). Per backbone,
@@ -64,13 +68,13 @@ class Executor:
 
     # -- the backbone's forwards ---------------------------------------------------------------
     def dense_forward(self, x, t, labels, width, record):
-        raise NotImplementedError
+        return self.forwards.dense_forward(self.net, x, t, labels, width, record=record)
 
     def dense_forward_rows(self, x, t, labels, cache, rows):
-        raise NotImplementedError
+        return self.forwards.dense_forward_rows(self.net, x, t, labels, cache, rows)
 
     def sparse_forward(self, x, t, labels, cache, units):
-        raise NotImplementedError
+        return self.forwards.sparse_forward(self.net, x, t, labels, cache, units)
 
     # -- the seam ------------------------------------------------------------------------------
     @property

@@ -20,6 +20,7 @@ gather of contiguous pixel rows and 3x3 windows at the image edge need no padded
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -329,14 +330,7 @@ class UNetExecutor(Executor):
     # dense 8 px level and ~40 small ops), so above a quarter a dense pass is the better buy.
     dense_above = 0.25
 
-    def dense_forward(self, x, t, labels, width, record):
-        return dense_forward(self.net, x, t, labels, width, record=record)
-
-    def dense_forward_rows(self, x, t, labels, cache, rows):
-        return dense_forward_rows(self.net, x, t, labels, cache, rows)
-
-    def sparse_forward(self, x, t, labels, cache, units):
-        return sparse_forward(self.net, x, t, labels, cache, units)
+    forwards = sys.modules[__name__]
 
 
 def step_costs(unet: UNet, width: float) -> StepCosts:

@@ -36,6 +36,7 @@ key/value (9.4 MB at batch 16) whatever is active, plus ~20 small ops per block.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -231,7 +232,7 @@ def masked_dense_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: tor
         raise ValueError("masked_dense_forward needs a cache built with keep_inputs=True")
     cfg, width = dit.cfg, cache.width
     B, C, H, W = x.shape
-    p, g = cfg.token_size, unit_group(cfg, H, W)
+    g = unit_group(cfg, H, W)
     keep = blocks.reshape(B, -1).repeat_interleave(g * g, 1)[:, :, None]         # (B, N, 1)
     with torch.no_grad():
         cs = dit.embed(t, labels)
@@ -257,14 +258,7 @@ class DiTExecutor(Executor):
     # still saves ~10% and a dense pass, for about as much time, refreshes every token.
     dense_above = 0.9
 
-    def dense_forward(self, x, t, labels, width, record):
-        return dense_forward(self.net, x, t, labels, width, record=record)
-
-    def dense_forward_rows(self, x, t, labels, cache, rows):
-        return dense_forward_rows(self.net, x, t, labels, cache, rows)
-
-    def sparse_forward(self, x, t, labels, cache, units):
-        return sparse_forward(self.net, x, t, labels, cache, units)
+    forwards = sys.modules[__name__]
 
 
 def step_costs(dit: DiT, width: float) -> StepCosts:
