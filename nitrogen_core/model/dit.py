@@ -312,10 +312,10 @@ class DiT(nn.Module):
             return unpatchify(tokens, C, height, width, p, g)
         key = ("blend", height, width, g)
         if key not in self._pos:
-            window = tent_window(k).reshape(1, k * k).repeat(C, 1).reshape(-1)      # (C k k,)
-            ones = window[:k * k, None].expand(k * k, tokens.shape[1])[None]         # (1, k k, N)
-            cover = F.fold(ones, (height, width), k, stride=p, padding=o)           # (1, 1, H, W), > 0
-            self._pos[key] = (window, cover)
+            tent = tent_window(k).reshape(-1)                                          # (k k,)
+            weights = tent[None, :, None].expand(1, k * k, tokens.shape[1])           # (1, k k, N)
+            cover = F.fold(weights, (height, width), k, stride=p, padding=o)        # (1, 1, H, W), > 0
+            self._pos[key] = (tent.repeat(C), cover)                                 # (C k k,): unfold's order
         window, cover = (t.to(device=tokens.device, dtype=tokens.dtype) for t in self._pos[key])
         raster = torch.empty_like(tokens).index_copy_(1, self.raster_index(height, width, g), tokens)
         out = F.fold((raster * window).transpose(1, 2), (height, width), k, stride=p, padding=o)
@@ -357,7 +357,7 @@ class DiT(nn.Module):
         with the output tokens (B, N, C p p)."""
         self.check(x, width)
         B, C, H, W = x.shape
-        p, g = self.cfg.token_size, unit_group(self.cfg, H, W)
+        g = unit_group(self.cfg, H, W)
         cs = self.embed(t, labels)                                                   # (B, D)
         ada = self.ada(cs)                                                           # (B, 4 D)
         h = self.patch(self.tokens_in(x, g)) + self.positions(H, W, g)               # (B, N, D)

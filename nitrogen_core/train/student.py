@@ -363,12 +363,13 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     held_out = gate_trajectories(n=16, seed=s.seed + 3, **trajectories)
     torch.manual_seed(s.seed)
     gate_losses = train_gate(student.gate, train_set, s.gate_steps, seed=s.seed)
-    print(f"on its own decisions: {s.gate_trajectories // 2 or 1} train + 16 held-out trajectories, "
-          f"thresholds {ON_POLICY_TAUS}", file=sys.stderr)
-    on_policy = gate_trajectories(n=s.gate_trajectories // 2 or 1, seed=s.seed + 4, policy=student.gate, **trajectories)
+    n_on_policy = max(1, s.gate_trajectories // 2)
+    print(f"on its own decisions: {n_on_policy} train + 16 held-out trajectories, thresholds {ON_POLICY_TAUS}",
+          file=sys.stderr)
+    on_policy = gate_trajectories(n=n_on_policy, seed=s.seed + 4, policy=student.gate, **trajectories)
     held_on_policy = gate_trajectories(n=16, seed=s.seed + 5, policy=student.gate, **trajectories)
     both = {k: torch.cat([train_set[k], on_policy[k]]) for k in train_set}
-    gate_losses += train_gate(student.gate, both, s.gate_steps // 2 or 1, seed=s.seed + 1)
+    gate_losses += train_gate(student.gate, both, max(1, s.gate_steps // 2), seed=s.seed + 1)
     student.gate.eval()
     report = gate_report(student.gate, held_out, thresholds=(0.02, 0.05, 0.1))
     report["on_policy"] = gate_report(student.gate, held_on_policy, thresholds=(0.02, 0.05, 0.1))
