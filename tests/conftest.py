@@ -70,3 +70,19 @@ def write_disc_dataset(root: Path, per_class: int, centers, colors=DISC_COLORS, 
                         px[x, y] = color
             im.save(root / name / f"{i}.png")
     return root
+
+
+def bench_judge_and_student(root: Path, data: Path, sampler_steps: int) -> tuple[Path, Path]:
+    """What the bench tests score with: a 2-step judge trained on `data` and a perturbed tiny
+    student (classes blue, green, red; threshold 0.3). Returns (judge file, checkpoint file)."""
+    from nitrogen_core.bench.judge import train_judge
+    from nitrogen_core.checkpoint import save_checkpoint
+    from nitrogen_core.model import NitroGenModel
+
+    judge = root / "judge.safetensors"
+    train_judge(data, judge, steps=2, progress=False)
+    torch.manual_seed(0)
+    model = perturbed(NitroGenModel(preset("tiny", num_classes=3))).eval()
+    ckpt = save_checkpoint(root / "tiny.safetensors", model, kind="student", labels=["blue", "green", "red"],
+                           width_schedule=(1.0,), sampler={"steps": sampler_steps, "cfg": 1.5, "threshold": 0.3})
+    return judge, ckpt

@@ -20,12 +20,11 @@ from PIL import Image
 
 from nitrogen_core.__main__ import main as cli_main
 from nitrogen_core.bench.evaluate import default_point, interpolate, render_markdown, write_readme
-from nitrogen_core.bench.judge import train_judge
 from nitrogen_core.checkpoint import save_checkpoint
 from nitrogen_core.config import preset
 from nitrogen_core.model import NitroGenModel
 
-from conftest import perturbed, write_disc_dataset
+from conftest import bench_judge_and_student, perturbed, write_disc_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("blue", "green", "red")
@@ -39,12 +38,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     data = write_disc_dataset(root / "data", 4, lambda i: (5 + 2 * i, 8),
                               {"blue": (40, 60, 220), "green": (40, 180, 60), "red": (220, 40, 40)})
-    judge = root / "judge.safetensors"
-    train_judge(data, judge, steps=2, progress=False)
-    torch.manual_seed(0)
-    model = perturbed(NitroGenModel(preset("tiny", num_classes=3))).eval()
-    ckpt = save_checkpoint(root / "tiny.safetensors", model, kind="student", labels=list(CLASSES),
-                           width_schedule=(1.0,), sampler={"steps": 6, "cfg": 1.5, "threshold": 0.3})
+    judge, ckpt = bench_judge_and_student(root, data, sampler_steps=6)
     return {"root": root, "judge": judge, "ckpt": ckpt, "data": data}
 
 

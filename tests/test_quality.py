@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +12,13 @@ from PIL import Image
 
 from nitrogen_core.__main__ import main as cli_main
 from nitrogen_core.bench import quality
-from nitrogen_core.bench.judge import train_judge
 from nitrogen_core.bench.metrics import nearest_psnr
 from nitrogen_core.bench.tau import CALIBRATION_SEED, proportional_labels
-from nitrogen_core.checkpoint import load_checkpoint, save_checkpoint
+from nitrogen_core.checkpoint import load_checkpoint
 from nitrogen_core.config import preset
-from nitrogen_core.model import NitroGenModel
 from nitrogen_core.sampler import make_noise
 
-from conftest import perturbed, write_disc_dataset
+from conftest import bench_judge_and_student, write_disc_dataset
 
 CLASSES = ("blue", "green", "red")
 COLORS = {"blue": (40, 60, 220), "green": (40, 180, 60), "red": (220, 40, 40)}
@@ -34,12 +31,7 @@ def setup(tmp_path_factory):
     data = root / "data"
     write_disc_dataset(data / "train", 4, lambda i: (5 + 2 * i, 8), COLORS)      # 4 per class
     write_disc_dataset(data / "heldout", 2, lambda i: (8, 5 + 3 * i), COLORS)    # another layout: the held-out emoji
-    judge = root / "judge.safetensors"
-    train_judge(data, judge, steps=2, progress=False)
-    torch.manual_seed(0)
-    model = perturbed(NitroGenModel(preset("tiny", num_classes=3))).eval()
-    ckpt = save_checkpoint(root / "tiny.safetensors", model, kind="student", labels=list(CLASSES),
-                           width_schedule=(1.0,), sampler={"steps": 4, "cfg": 1.5, "threshold": 0.3})
+    judge, ckpt = bench_judge_and_student(root, data, sampler_steps=4)
     return {"root": root, "data": data, "judge": judge, "ckpt": ckpt}
 
 
