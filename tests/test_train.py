@@ -20,7 +20,7 @@ from nitrogen_core.diffusion import Schedule
 from nitrogen_core.errors import NitroGenInputError
 from nitrogen_core.sampler import image_weights
 from nitrogen_core.train.common import Dist, batch_indices, learning_rate
-from nitrogen_core.bench.tau import TailRule, choose_threshold
+from nitrogen_core.bench.tau import TailRule, calibrate, choose_threshold, from_student_run
 from nitrogen_core.train.student import (StudentSettings, choose_width_schedule, gate_report, gate_trajectories,
                                          sandwich_widths, train_student)
 from nitrogen_core.train.teacher import TeacherSettings, train_teacher
@@ -92,6 +92,18 @@ def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
     fresh_gate = load_checkpoint(teacher_run / "teacher.safetensors").model.gate.state_dict()
     assert any(not torch.equal(v, fresh_gate[k]) for k, v in ck.model.gate.state_dict().items())
     assert 0 <= result["gate"]["decisions"]["0.05"]["accuracy"] <= 1
+    # bench tau reruns the student's own threshold sweep: same rows, so it can re-render it unsampled
+    rerun = calibrate(str(tmp_path / "student.safetensors"), 6, None, log=None)
+    rebuilt = from_student_run(str(tmp_path / "calibration.json"), str(tmp_path / "student.safetensors"))
+    assert rebuilt["rows"] == rerun["rows"] and rebuilt["threshold"] == rerun["threshold"] == result["threshold"]
+    assert rebuilt["label_counts"] == rerun["label_counts"] and rebuilt["sampler"] == rerun["sampler"]
+    calibration = json.loads((tmp_path / "calibration.json").read_text())
+    (tmp_path / "other.json").write_text(json.dumps({**calibration, "threshold": result["threshold"] + 1}))
+    with pytest.raises(NitroGenInputError, match="other.json.*give the run that made it") as info:
+        from_student_run(str(tmp_path / "other.json"), str(tmp_path / "student.safetensors"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(NitroGenInputError, match="not a `train student` run's calibration.json"):
+        from_student_run(str(tmp_path / "log.jsonl"), str(tmp_path / "student.safetensors"))
 
 
 def test_student_refuses_a_student_as_teacher(tiny_data, teacher_run, tmp_path):
