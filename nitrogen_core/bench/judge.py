@@ -788,7 +788,7 @@ def calibrate(judge: Judge, sets: RealSets, *, resamples: int = 200, seed: int =
     required = {f"{kind} {strength:g}": next(r["fid_beyond_clean"] for r in rows
                                              if r["corruption"] == kind and r["strength"] == strength)
                 for kind, strength in REQUIRED}
-    return {"judge": {"path": _display_path(judge.path), "fid_dim": judge.dim, "fid_features": judge.model.fid_blocks,
+    return {"judge": {"path": display_path(judge.path), "fid_dim": judge.dim, "fid_features": judge.model.fid_blocks,
                       "held_out_accuracy": judge.meta.get("held_out_accuracy"), "data": judge.meta.get("data"),
                       "commit": judge.meta.get("commit")},
             "sets": sets.describe(), "probe_images": int(len(probe)), "resamples": resamples, "seed": seed,
@@ -796,7 +796,7 @@ def calibrate(judge: Judge, sets: RealSets, *, resamples: int = 200, seed: int =
             "required": required, "passed": all(required.values())}
 
 
-def _display_path(path: str) -> str:
+def display_path(path: str) -> str:
     """A path inside this repository relative to its root (docs stay the same on every machine)."""
     root = BUNDLED_JUDGE.parent.parent
     try:

@@ -196,7 +196,8 @@ def _recommended(ck) -> dict:
 
 
 def _result(ck, ckpt_path, labels, rule: TailRule, rows: list[dict], taus, base: dict, seconds) -> dict:
-    return {"ckpt": str(ckpt_path), "images": len(labels), "steps": ck.sampler.get("steps", 20),
+    from .judge import display_path
+    return {"ckpt": display_path(str(ckpt_path)), "images": len(labels), "steps": ck.sampler.get("steps", 20),
             "cfg": ck.sampler.get("cfg", 1.5),
             "label_counts": dict(zip(ck.labels, torch.bincount(labels, minlength=len(ck.labels)).tolist())),
             "rule": asdict(rule), "rule_text": rule.text(), "rows": rows,
