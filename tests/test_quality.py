@@ -118,12 +118,14 @@ def test_nearest_index_agrees_with_the_shared_metric():
     assert torch.allclose(p, nearest_psnr(samples, pool)) and int(index[3]) == 11 and torch.isinf(p[3])
 
 
-def test_cfg_samples_at_that_guidance_and_defaults_to_the_checkpoints(setup):
+def test_cfg_and_steps_sample_at_those_settings_and_default_to_the_checkpoints(setup):
     ck = load_checkpoint(setup["ckpt"])
     labels = torch.tensor([0, 1, 2])
     at_default = quality.full_samples(ck, labels)
     assert torch.equal(quality.full_samples(ck, labels, cfg=ck.sampler["cfg"]), at_default)
     assert not torch.allclose(quality.full_samples(ck, labels, cfg=1.0), at_default, atol=1e-3)
+    assert torch.equal(quality.full_samples(ck, labels, steps=ck.sampler["steps"]), at_default)
+    assert not torch.allclose(quality.full_samples(ck, labels, steps=ck.sampler["steps"] + 3), at_default, atol=1e-3)
 
 
 def test_noise_is_per_image_and_disjoint_from_bench_and_tau():
@@ -168,6 +170,7 @@ def _one_line_error(capsys, *argv) -> str:
     (["--judge", "/nonexistent/judge.safetensors"], "/nonexistent/judge.safetensors"),
     (["--ckpt", "/nonexistent/x.safetensors"], "/nonexistent/x.safetensors"),
     (["--cfg", "99"], "cfg=99.0 is out of range"),
+    (["--steps", "0"], "steps=0 is out of range"),
 ])
 def test_bad_flags_are_one_line_errors(setup, tmp_path, capsys, flags, message):
     (tmp_path / "file.png").write_text("x")

@@ -72,11 +72,11 @@ def quality_noise(config, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def full_samples(ck, labels: torch.Tensor, log=None, cfg: float | None = None) -> torch.Tensor:
+def full_samples(ck, labels: torch.Tensor, log=None, cfg: float | None = None,
+                 steps: int | None = None) -> torch.Tensor:
     """Full-compute samples (n, C, H, W) in [-1, 1] for `labels`, in calls of at most MAX_BATCH, at
-    guidance `cfg` (default: the checkpoint's)."""
-    settings = SamplerSettings(mode="full", steps=ck.sampler.get("steps", 20),
-                               cfg=ck.sampler.get("cfg", 1.5) if cfg is None else cfg)
+    guidance `cfg` and `steps` DDIM steps (default: the checkpoint's)."""
+    settings = sampling_settings(ck, cfg, steps)
     noise = quality_noise(ck.config, len(labels))
     out = []
     for lo in range(0, len(labels), MAX_BATCH):
@@ -118,10 +118,16 @@ def _finite(value: float) -> float:
 
 # -- measuring --------------------------------------------------------------------------------------------
 
+def sampling_settings(ck, cfg: float | None = None, steps: int | None = None) -> SamplerSettings:
+    """Full compute at the checkpoint's recommended steps and cfg unless given."""
+    return SamplerSettings(mode="full", steps=ck.sampler.get("steps", 20) if steps is None else steps,
+                           cfg=ck.sampler.get("cfg", 1.5) if cfg is None else cfg).validate()
+
+
 def measure(ckpt: str, data: str, judge_path: str, images: int, log=print,
-            cfg: float | None = None) -> tuple[dict, dict]:
+            cfg: float | None = None, steps: int | None = None) -> tuple[dict, dict]:
     """The quality result (JSON-ready) and what the figures need: {samples, labels, train, picks}.
-    `cfg`: guidance scale (default: the checkpoint's recommended one)."""
+    `cfg`, `steps`: guidance scale and DDIM steps (default: the checkpoint's recommended ones)."""
     from .judge import load_judge, load_real_sets, matched_draw
     ck = load_checkpoint(ckpt)
     judge = load_judge(judge_path)
@@ -138,7 +144,8 @@ def measure(ckpt: str, data: str, judge_path: str, images: int, log=print,
     log(f"bench quality: {backbone}, {images} full-compute samples, labels in proportion to {len(train)} training "
         f"images; {sets.describe()['note']}")
     start = time.perf_counter()
-    samples = full_samples(ck, labels, log, cfg=cfg)
+    settings = sampling_settings(ck, cfg, steps)
+    samples = full_samples(ck, labels, log, cfg=settings.cfg, steps=settings.steps)
     seconds = time.perf_counter() - start
 
     # Near-copies: the shared metric for the rates, nearest_index for which image (same distances).
@@ -187,8 +194,8 @@ def measure(ckpt: str, data: str, judge_path: str, images: int, log=print,
     ]
     picks = pick_nearest_rows(to_train)
     result = {
-        "ckpt": str(ckpt), "backbone": backbone, "images": images, "steps": ck.sampler.get("steps", 20),
-        "cfg": ck.sampler.get("cfg", 1.5) if cfg is None else cfg, "seed_range": [QUALITY_SEED, QUALITY_SEED + images - 1],
+        "ckpt": str(ckpt), "backbone": backbone, "images": images, "steps": settings.steps,
+        "cfg": settings.cfg, "seed_range": [QUALITY_SEED, QUALITY_SEED + images - 1],
         "labels": dict(zip(ck.labels, counts)), "train_counts": dict(zip(ck.labels, train_counts)),
         "sampling_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
         "near_copy_db": NEAR_COPY_DB, "near_copy": near_copy,
@@ -352,6 +359,7 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"full-compute samples (default {DEFAULT_IMAGES}; the bar needs >= {BAR_IMAGES})")
     p.add_argument("--cfg", type=float, default=None,
                    help="classifier-free guidance scale (default: the checkpoint's recommended one)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the checkpoint's recommended ones)")
     p.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge classifier for FID/KID (bench judge)")
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--figures", default=None,
@@ -366,7 +374,7 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
 def quality_command(args) -> str:
     given = [("--ckpt", None if args.ckpt == str(BUNDLED_CHECKPOINT) else args.ckpt),
              ("--data", None if args.data == DEFAULT_DATA else args.data),
-             ("--images", None if args.images == DEFAULT_IMAGES else args.images), ("--cfg", args.cfg),
+             ("--images", None if args.images == DEFAULT_IMAGES else args.images), ("--cfg", args.cfg), ("--steps", args.steps),
              ("--judge", None if args.judge == str(DEFAULT_JUDGE) else args.judge),
              ("--json", args.json), ("--figures", args.figures), ("--readme", args.readme),
              ("--block", None if args.block == "quality" else args.block)]
@@ -382,13 +390,13 @@ def cmd_quality(args) -> int:
         raise NitroGenInputError(f"--json {args.json!r} is a directory; give a file path")
     if args.figures is not None and Path(args.figures).exists() and not Path(args.figures).is_dir():
         raise NitroGenInputError(f"--figures {args.figures!r} exists and is not a folder; give a folder for the PNGs")
-    if args.cfg is not None:
-        SamplerSettings(mode="full", cfg=args.cfg).validate()          # one line naming the value
+    SamplerSettings(mode="full", **{k: v for k, v in (("cfg", args.cfg), ("steps", args.steps))
+                                    if v is not None}).validate()     # one line naming the value
     markers = block_markers(args.block)
     if args.readme:
         check_readme(Path(args.readme), markers)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    result, parts = measure(args.ckpt, args.data, args.judge, args.images, log=log, cfg=args.cfg)
+    result, parts = measure(args.ckpt, args.data, args.judge, args.images, log=log, cfg=args.cfg, steps=args.steps)
     result["command"] = quality_command(args)
     if args.figures:
         result["figures"] = write_figures(result, parts, Path(args.figures))
