@@ -138,6 +138,7 @@ VARIANTS = ("gate", "gate + exact", "oracle gate", "oracle + exact")
 
 
 def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) -> dict:
+    from .judge import display_path
     ck = load_checkpoint(ckpt_path)
     model, cfg = ck.model, ck.config
     backbone = getattr(cfg, "backbone", "unet") or "unet"
@@ -172,7 +173,7 @@ def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) ->
                 add(name, tau, SamplerSettings(threshold=tau, **base), ck.width_schedule)
     for tau in CACHE_TAUS:
         add("cache", tau, SamplerSettings(mode="cache", threshold=tau, **base))
-    return {"rows": rows, "backbone": backbone, "ckpt": str(ckpt_path), "seeds": seeds, "images": len(labels),
+    return {"rows": rows, "backbone": backbone, "ckpt": display_path(str(ckpt_path)), "seeds": seeds, "images": len(labels),
             "steps": steps, "cfg": cfg_scale}
 
 

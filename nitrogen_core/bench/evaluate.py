@@ -185,7 +185,7 @@ def paired_fid_replicates(feature_sets: list[torch.Tensor], reference: torch.Ten
 
 def evaluate(args) -> dict:
     ck = load_checkpoint(args.ckpt)
-    from .judge import counts_in_proportion, labels_for_counts, load_judge, load_real_sets, matched_draw
+    from .judge import counts_in_proportion, display_path, labels_for_counts, load_judge, load_real_sets, matched_draw
     judge = load_judge(args.judge)
     if tuple(judge.classes) != tuple(ck.labels):
         raise NitroGenInputError(f"judge {args.judge} was trained on classes {list(judge.classes)}, "
@@ -259,11 +259,11 @@ def evaluate(args) -> dict:
     ranked = sorted(range(len(rows)), key=lambda k: (order[rows[k]["mode"]], -rows[k]["mac_ratio"]))
     rows, replicates = [rows[k] for k in ranked], replicates[ranked]
     targets = compute_targets(rows, default_tau, replicates)
-    return {"rows": rows, "backbone": backbone, "ckpt": str(args.ckpt), "images": len(labels),
+    return {"rows": rows, "backbone": backbone, "ckpt": display_path(str(args.ckpt)), "images": len(labels),
             "time_images": len(timed), "labels": dict(zip(ck.labels, counts)),
             "device": "cpu", "threads": torch.get_num_threads(), "steps": steps, "cfg": cfg_scale,
             "repeats": args.repeats, "quick": bool(args.quick),
-            "judge": {"path": str(args.judge), "held_out_accuracy": judge.meta.get("held_out_accuracy"),
+            "judge": {"path": display_path(str(args.judge)), "held_out_accuracy": judge.meta.get("held_out_accuracy"),
                       "feature_dim": judge.dim, "reference_images": int(len(sets.reference))},
             "reference": sets.describe(),
             "floor": {**floor.as_dict(), "images": int(len(floor_images)), "generated_images": len(labels),

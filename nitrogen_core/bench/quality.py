@@ -128,7 +128,7 @@ def measure(ckpt: str, data: str, judge_path: str, images: int, log=print,
             cfg: float | None = None, steps: int | None = None) -> tuple[dict, dict]:
     """The quality result (JSON-ready) and what the figures need: {samples, labels, train, picks}.
     `cfg`, `steps`: guidance scale and DDIM steps (default: the checkpoint's recommended ones)."""
-    from .judge import load_judge, load_real_sets, matched_draw
+    from .judge import display_path, load_judge, load_real_sets, matched_draw
     ck = load_checkpoint(ckpt)
     judge = load_judge(judge_path)
     if tuple(judge.classes) != tuple(ck.labels):
@@ -194,7 +194,7 @@ def measure(ckpt: str, data: str, judge_path: str, images: int, log=print,
     ]
     picks = pick_nearest_rows(to_train)
     result = {
-        "ckpt": str(ckpt), "backbone": backbone, "images": images, "steps": settings.steps,
+        "ckpt": display_path(str(ckpt)), "backbone": backbone, "images": images, "steps": settings.steps,
         "cfg": settings.cfg, "seed_range": [QUALITY_SEED, QUALITY_SEED + images - 1],
         "labels": dict(zip(ck.labels, counts)), "train_counts": dict(zip(ck.labels, train_counts)),
         "sampling_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
@@ -206,7 +206,7 @@ def measure(ckpt: str, data: str, judge_path: str, images: int, log=print,
         "judge_agrees": float(agrees.double().mean()),
         "fid": generated.as_dict(), "floor": {**floor.as_dict(), "images": int(len(floor_images))},
         "fid_to_floor": fid_ratio, "reference": sets.describe(),
-        "judge": {"path": str(judge_path), "held_out_accuracy": judge.meta.get("held_out_accuracy"),
+        "judge": {"path": display_path(str(judge_path)), "held_out_accuracy": judge.meta.get("held_out_accuracy"),
                   "data": judge.meta.get("data")},
         "per_class": per_class, "checks": checks, "passed": all(c["met"] for c in checks),
         "nearest_rows": [{"sample": int(k), "label": ck.labels[int(labels[k])], "psnr": _finite(float(to_train[k])),
