@@ -38,7 +38,7 @@ from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, make_noise
-from .evaluate import (BENCH_SEED, _markdown_table, block_markers, check_readme, command_line, interpolate,
+from .evaluate import (BENCH_SEED, _markdown_table, block_markers, check_readme, command_line, display_path, interpolate,
                        sample_in_chunks, write_readme)
 from .metrics import psnr
 
@@ -138,7 +138,6 @@ VARIANTS = ("gate", "gate + exact", "oracle gate", "oracle + exact")
 
 
 def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) -> dict:
-    from .judge import display_path
     ck = load_checkpoint(ckpt_path)
     model, cfg = ck.model, ck.config
     backbone = getattr(cfg, "backbone", "unet") or "unet"

@@ -185,7 +185,7 @@ def paired_fid_replicates(feature_sets: list[torch.Tensor], reference: torch.Ten
 
 def evaluate(args) -> dict:
     ck = load_checkpoint(args.ckpt)
-    from .judge import counts_in_proportion, display_path, labels_for_counts, load_judge, load_real_sets, matched_draw
+    from .judge import counts_in_proportion, labels_for_counts, load_judge, load_real_sets, matched_draw
     judge = load_judge(args.judge)
     if tuple(judge.classes) != tuple(ck.labels):
         raise NitroGenInputError(f"judge {args.judge} was trained on classes {list(judge.classes)}, "
@@ -877,6 +877,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None,
                    help=f"R: interleaved timing rounds (default {DEFAULTS['full'][2]}, quick {DEFAULTS['quick'][2]})")
     p.add_argument("--steps", type=int, default=None, help="S, the full step count (default: checkpoint's)")
+
+
+def display_path(path: str) -> str:
+    """A path inside this repository relative to its root (docs stay the same on every machine)."""
+    try:
+        return str(Path(path).resolve().relative_to(BUNDLED_CHECKPOINT.parent.parent))
+    except ValueError:
+        return path
 
 
 def command_line(words: list[str], given: list[tuple[str, object]]) -> str:

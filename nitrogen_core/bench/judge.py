@@ -788,6 +788,7 @@ def calibrate(judge: Judge, sets: RealSets, *, resamples: int = 200, seed: int =
     required = {f"{kind} {strength:g}": next(r["fid_beyond_clean"] for r in rows
                                              if r["corruption"] == kind and r["strength"] == strength)
                 for kind, strength in REQUIRED}
+    from .evaluate import display_path
     return {"judge": {"path": display_path(judge.path), "fid_dim": judge.dim, "fid_features": judge.model.fid_blocks,
                       "held_out_accuracy": judge.meta.get("held_out_accuracy"), "data": judge.meta.get("data"),
                       "commit": judge.meta.get("commit")},
@@ -795,14 +796,6 @@ def calibrate(judge: Judge, sets: RealSets, *, resamples: int = 200, seed: int =
             "level": clean.level, "clean": clean.as_dict(), "rows": rows, "embedding_only": embedding_rows,
             "required": required, "passed": all(required.values())}
 
-
-def display_path(path: str) -> str:
-    """A path inside this repository relative to its root (docs stay the same on every machine)."""
-    root = BUNDLED_JUDGE.parent.parent
-    try:
-        return str(Path(path).resolve().relative_to(root))
-    except ValueError:
-        return path
 
 
 def _interval(row: dict, key: str, digits: int) -> str:

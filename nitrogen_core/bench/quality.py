@@ -44,7 +44,7 @@ from ..checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 from ..errors import NitroGenInputError
 from ..sampler import MAX_BATCH, SamplerSettings, make_noise, sample
 from .evaluate import (DEFAULT_DATA, DEFAULT_JUDGE, FLOOR_SEED, _markdown_table, block_markers, check_readme,
-                       command_line, write_readme)
+                       command_line, display_path, write_readme)
 from .metrics import NEAR_COPY_DB, _as_uint8_images, nearest_psnr, set_distance
 from .tau import proportional_labels
 
@@ -128,7 +128,7 @@ def measure(ckpt: str, data: str, judge_path: str, images: int, log=print,
             cfg: float | None = None, steps: int | None = None) -> tuple[dict, dict]:
     """The quality result (JSON-ready) and what the figures need: {samples, labels, train, picks}.
     `cfg`, `steps`: guidance scale and DDIM steps (default: the checkpoint's recommended ones)."""
-    from .judge import display_path, load_judge, load_real_sets, matched_draw
+    from .judge import load_judge, load_real_sets, matched_draw
     ck = load_checkpoint(ckpt)
     judge = load_judge(judge_path)
     if tuple(judge.classes) != tuple(ck.labels):

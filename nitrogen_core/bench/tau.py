@@ -158,9 +158,7 @@ def calibrate(ckpt_path: str, images: int, counts: list[int] | None, rule: TailR
               taus=THRESHOLD_GRID, log=print, stop_at_failure: bool = True, overrides: dict | None = None) -> dict:
     from ..checkpoint import load_checkpoint
     ck = load_checkpoint(ckpt_path)
-    if counts is None:
-        counts = ck.train.get("class_counts") if isinstance(ck.train, dict) else None
-    labels = proportional_labels(counts or [1] * ck.config.num_classes, images)
+    labels = _calibration_labels(ck, images, counts)
     base = {**_recommended(ck), **(overrides or {})}
     start = time.perf_counter()
     rows = threshold_sweep(ck.model, ck.width_schedule, ck.sampler.get("steps", 20), ck.sampler.get("cfg", 1.5),
@@ -184,10 +182,16 @@ def from_student_run(calibration_json: str, ckpt_path: str) -> dict:
     if run.get("threshold") != ck.sampler.get("threshold"):
         raise NitroGenInputError(f"--from-calibration {calibration_json!r} chose tau {run.get('threshold')} but "
                                  f"{ckpt_path!r} recommends {ck.sampler.get('threshold')}; give the run that made it")
-    counts = ck.train.get("class_counts") if isinstance(ck.train, dict) else None
-    labels = proportional_labels(counts or [1] * ck.config.num_classes, images)
+    labels = _calibration_labels(ck, images)
     result = _result(ck, ckpt_path, labels, rule, rows, THRESHOLD_GRID, _recommended(ck), seconds=None)
     return {**result, "swept_by": str(calibration_json)}
+
+
+def _calibration_labels(ck, images: int, counts: list[int] | None = None) -> torch.Tensor:
+    """(images,) labels in proportion to `counts`, else the checkpoint's training class counts, else uniform."""
+    if counts is None:
+        counts = ck.train.get("class_counts") if isinstance(ck.train, dict) else None
+    return proportional_labels(counts or [1] * ck.config.num_classes, images)
 
 
 def _recommended(ck) -> dict:
@@ -196,7 +200,7 @@ def _recommended(ck) -> dict:
 
 
 def _result(ck, ckpt_path, labels, rule: TailRule, rows: list[dict], taus, base: dict, seconds) -> dict:
-    from .judge import display_path
+    from .evaluate import display_path
     return {"ckpt": display_path(str(ckpt_path)), "images": len(labels), "steps": ck.sampler.get("steps", 20),
             "cfg": ck.sampler.get("cfg", 1.5),
             "label_counts": dict(zip(ck.labels, torch.bincount(labels, minlength=len(ck.labels)).tolist())),
