@@ -38,8 +38,8 @@ from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, make_noise
-from .evaluate import (BENCH_SEED, _markdown_table, block_markers, check_readme, command_line, display_path, interpolate,
-                       sample_in_chunks, write_readme)
+from .evaluate import (BENCH_SEED, _markdown_table, block_markers, check_readme, command_line, display_path,
+                       interpolate, sample_in_chunks, write_readme)
 from .metrics import psnr
 
 DEFAULT_TAUS = (0.005, 0.01, 0.02, 0.04)
@@ -172,8 +172,8 @@ def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) ->
                 add(name, tau, SamplerSettings(threshold=tau, **base), ck.width_schedule)
     for tau in CACHE_TAUS:
         add("cache", tau, SamplerSettings(mode="cache", threshold=tau, **base))
-    return {"rows": rows, "backbone": backbone, "ckpt": display_path(str(ckpt_path)), "seeds": seeds, "images": len(labels),
-            "steps": steps, "cfg": cfg_scale}
+    return {"rows": rows, "backbone": backbone, "ckpt": display_path(str(ckpt_path)), "seeds": seeds,
+            "images": len(labels), "steps": steps, "cfg": cfg_scale}
 
 
 def format_bound(result: dict) -> str:
