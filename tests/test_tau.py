@@ -11,8 +11,8 @@ import torch
 
 from conftest import perturbed
 from nitrogen_core.bench.evaluate import BENCH_SEED
-from nitrogen_core.bench.tau import (CALIBRATION_SEED, TailRule, calibration_noise, choose_threshold, markdown,
-                                     proportional_labels, threshold_sweep)
+from nitrogen_core.bench.tau import (CALIBRATION_SEED, CONFIRMATION_SEED, TailRule, calibration_noise, choose_threshold,
+                                     confirm_threshold, markdown, proportional_labels, threshold_sweep)
 from nitrogen_core.config import preset
 from nitrogen_core.model import NitroGenModel
 from nitrogen_core.sampler import make_noise
@@ -104,3 +104,22 @@ def test_cli_errors_are_one_line(args, needle):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
     assert needle in proc.stderr
+
+
+def test_confirmation_steps_down_to_a_tau_that_holds_on_other_seeds():
+    torch.manual_seed(0)
+    model = perturbed(NitroGenModel(preset("tiny"))).eval()
+    labels = proportional_labels([2, 1, 1], 8)
+    other = calibration_noise(model.config, 8, seed=CONFIRMATION_SEED)
+    assert not any(torch.equal(a, b) for a in other for b in calibration_noise(model.config, 8))
+    passing = {"psnr_mean": 99.0, "psnr_p1": 99.0, "psnr_min": 99.0, "mac_ratio": 0.5, "share_below_30db": 0.0}
+    # a sweep that (wrongly) accepted tau 5: on other seeds it fails, and tau 0 (full compute) holds
+    rows = [{**passing, "threshold": 0.0}, {**passing, "threshold": 5.0}]
+    tau, tried = confirm_threshold(model, (1.0,), 4, 1.5, labels, rows, TailRule(32.0, 25.0))
+    assert [r["threshold"] for r in tried] == [5.0, 0.0] and tau == 0.0
+    assert tried[0]["psnr_p1"] < 32.0 and tried[1]["psnr_min"] > 120
+    # a rule tau 5 meets on any images is confirmed at once
+    tau, tried = confirm_threshold(model, (1.0,), 4, 1.5, labels, rows, TailRule(-1.0, -1.0))
+    assert tau == 5.0 and len(tried) == 1
+    # nothing accepted: nothing to confirm
+    assert confirm_threshold(model, (1.0,), 4, 1.5, labels, [{**passing, "threshold": 0.5, "psnr_p1": 0.0}]) == (0.0, [])

@@ -97,7 +97,13 @@ def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
     rebuilt = from_student_run(str(tmp_path / "calibration.json"), str(tmp_path / "student.safetensors"))
     assert rebuilt["rows"] == rerun["rows"] and rebuilt["threshold"] == rerun["threshold"] == result["threshold"]
     assert rebuilt["label_counts"] == rerun["label_counts"] and rebuilt["sampler"] == rerun["sampler"]
+    assert rebuilt["confirmation"] == rerun["confirmation"] == result["threshold_confirmation"]
     calibration = json.loads((tmp_path / "calibration.json").read_text())
+    # a run from before the confirmation step existed gets the same confirmation sampled
+    (tmp_path / "unconfirmed.json").write_text(json.dumps({k: v for k, v in calibration.items()
+                                                           if k != "threshold_confirmation"}))
+    sampled = from_student_run(str(tmp_path / "unconfirmed.json"), str(tmp_path / "student.safetensors"))
+    assert sampled["confirmation"] == rerun["confirmation"] and sampled["threshold"] == result["threshold"]
     (tmp_path / "other.json").write_text(json.dumps({**calibration, "threshold": result["threshold"] + 1}))
     with pytest.raises(NitroGenInputError, match="other.json.*give the run that made it") as info:
         from_student_run(str(tmp_path / "other.json"), str(tmp_path / "student.safetensors"))

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..bench.tau import TailRule, choose_threshold, proportional_labels, threshold_sweep
+from ..bench.tau import TailRule, confirm_threshold, proportional_labels, threshold_sweep
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import NitroGenConfig
 from ..diffusion import Schedule, split_prediction
@@ -384,13 +384,16 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
                             proportional_labels(counts, s.tau_images), stop_rule=rule,
                             base={"refresh_every": s.refresh_every},
                             log=lambda m: print(m, file=sys.stderr, flush=True))
-    threshold = choose_threshold(sweep, rule)
+    threshold, confirmation = confirm_threshold(student, width_schedule, s.sample_steps, s.sample_cfg,
+                                                proportional_labels(counts, s.tau_images), sweep, rule,
+                                                base={"refresh_every": s.refresh_every},
+                                                log=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"default threshold {threshold}", file=sys.stderr)
     calib_seconds = time.monotonic() - t0
 
     summary = {"width_errors": errors, "width_schedule": width_schedule, "gate": report,
                "threshold_rule": asdict(rule), "threshold_images": s.tau_images,
-               "threshold_sweep": sweep, "threshold": threshold,
+               "threshold_sweep": sweep, "threshold_confirmation": confirmation, "threshold": threshold,
                "gate_final_train_loss": sum(gate_losses[-50:]) / min(50, len(gate_losses)),
                "distill_seconds": round(distill_seconds, 1), "calibration_seconds": round(calib_seconds, 1)}
     (run.path / "calibration.json").write_text(json.dumps(summary, indent=1))
