@@ -188,6 +188,13 @@ def test_bound_command_writes_rows(ckpts, tmp_path, name, backbone):
         assert r["psnr_to_full_min"] <= r["psnr_to_full_p1"] <= r["psnr_to_full"] + 1e-6
     assert "oracle + exact" in proc.stdout
     assert f"backbone **{backbone}**" in readme.read_text() and f"--block bound-{backbone}" in result["command"]
+    assert "mean / 1st percentile / worst" in readme.read_text()
+    # --from-json re-renders the same block and rows without sampling
+    block, again = readme.read_text(), tmp_path / "again.md"
+    again.write_text(f"# x\n<!-- bound-{backbone}:begin -->\n<!-- bound-{backbone}:end -->\n")
+    proc = run_bound("--from-json", str(out), "--readme", str(again), "--block", f"bound-{backbone}")
+    assert proc.returncode == 0, proc.stderr
+    assert again.read_text() == block and "oracle + exact" in proc.stdout
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -196,6 +203,10 @@ def test_bound_command_writes_rows(ckpts, tmp_path, name, backbone):
     (("--seeds", "0"), "error: --seeds 0 is out of range"),
     (("--block", "no spaces"), "error: --block 'no spaces' must be"),
     (("--ckpt", "missing.safetensors"), "missing.safetensors"),
+    (("--from-json", "missing.json"), "error: --from-json missing.json does not exist"),
+    (("--from-json", "README.md"), "error: --from-json README.md is not JSON"),
+    (("--from-json", "docs/quality.json"), "has no \"rows\" list"),
+    (("--from-json", "docs/bench.json"), "lacks seeds"),
 ])
 def test_bound_bad_flags_are_one_line_errors(flags, message):
     proc = run_bound(*flags)
