@@ -39,7 +39,7 @@ from ..errors import NitroGenInputError
 from ..model import NitroGenModel
 from ..sampler import SamplerSettings, make_noise
 from .evaluate import (BENCH_SEED, _markdown_table, block_markers, check_readme, command_line, display_path,
-                       interpolate, sample_in_chunks, write_readme)
+                       interpolate, read_saved_result, sample_in_chunks, write_readme)
 from .metrics import psnr
 
 DEFAULT_TAUS = (0.005, 0.01, 0.02, 0.04)
@@ -268,23 +268,7 @@ BOUND_ROW_KEYS = ("mode", "threshold", "mac_ratio", "psnr_to_full", "psnr_to_ful
 
 def load_bound_result(path: Path) -> dict:
     """A result written by `bench bound --json`, checked for what printing and rendering read."""
-    try:
-        result = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise NitroGenInputError(f"--from-json {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise NitroGenInputError(f"--from-json {path} cannot be read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise NitroGenInputError(f"--from-json {path} is not JSON ({exc})") from None
-    rows = result.get("rows") if isinstance(result, dict) else None
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise NitroGenInputError(f'--from-json {path} has no "rows" list; expected a file written by bench bound --json')
-    missing = [k for k in BOUND_RESULT_KEYS if k not in result]
-    missing += sorted({k for r in rows for k in BOUND_ROW_KEYS if k not in r})
-    if missing:
-        raise NitroGenInputError(f"--from-json {path} lacks {', '.join(missing)}; "
-                                 "expected a file written by bench bound --json")
-    return result
+    return read_saved_result(path, BOUND_RESULT_KEYS, BOUND_ROW_KEYS, "bench bound --json")
 
 
 def bound_command(args) -> str:

@@ -738,8 +738,9 @@ def write_readme(path: Path, markdown: str, markers: tuple[str, str] = BENCH_MAR
         os.chmod(tmp, path.stat().st_mode & 0o7777)           # mkstemp makes it 0600; keep the README's mode
 
 
-def load_result(path: Path) -> dict:
-    """A result written by `bench --json`, checked for what the printing and rendering read."""
+def read_saved_result(path: Path, result_keys, row_keys, written_by: str) -> dict:
+    """A JSON result with a non-empty "rows" list, for --from-json: one-line errors naming the file
+    when it is missing, unreadable, not JSON, or lacks `result_keys` or any row's `row_keys`."""
     if not path.is_file():
         raise NitroGenInputError(f"--from-json {path} does not exist")
     try:
@@ -750,14 +751,20 @@ def load_result(path: Path) -> dict:
         raise NitroGenInputError(f"--from-json {path} is not JSON ({exc})") from None
     rows = result.get("rows") if isinstance(result, dict) else None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise NitroGenInputError(f'--from-json {path} has no "rows" list; expected a file written by bench --json')
-    missing = [k for k in RESULT_KEYS if k not in result]
-    missing += sorted({k for r in rows for k in ROW_KEYS if k not in r})
-    if "labels" not in result and "seeds" not in result:
-        missing.append("labels")
+        raise NitroGenInputError(f'--from-json {path} has no "rows" list; expected a file written by {written_by}')
+    missing = [k for k in result_keys if k not in result]
+    missing += sorted({k for r in rows for k in row_keys if k not in r})
     if missing:
-        raise NitroGenInputError(f"--from-json {path} lacks {', '.join(missing)}; "
-                                 "expected a file written by bench --json")
+        raise NitroGenInputError(f"--from-json {path} lacks {', '.join(missing)}; expected a file written by {written_by}")
+    return result
+
+
+def load_result(path: Path) -> dict:
+    """A result written by `bench --json`, checked for what the printing and rendering read."""
+    result = read_saved_result(path, RESULT_KEYS, ROW_KEYS, "bench --json")
+    rows = result["rows"]
+    if "labels" not in result and "seeds" not in result:
+        raise NitroGenInputError(f"--from-json {path} lacks labels; expected a file written by bench --json")
     if not any(r["mode"] == "full" for r in rows):
         raise NitroGenInputError(f'--from-json {path} has no "full" row to compare against')
     return result
