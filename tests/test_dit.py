@@ -226,6 +226,15 @@ def test_emoji32_dit_preset_fits_the_checkpoint_limit():
     assert cfg.backbone == "dit" and 3e6 <= n and 4 * n <= 16e6          # fp32 checkpoint <= 16 MB
 
 
+def test_gate_under_three_percent_of_the_emoji32_dit_forward():
+    # issue 13: one prediction per unit for <= 3% of a full forward's MACs (dit.macs is pinned to the
+    # counted FLOPs of a real forward by test_macs_are_what_runs_and_narrower_runs_fewer)
+    cfg = preset("emoji32-dit")
+    m = NitroGenModel(cfg)
+    tokens = (cfg.image_size // cfg.token_size) ** 2
+    assert 0 < m.gate.macs() <= 0.03 * m.dit.macs(1.0, tokens)
+
+
 # -- checkpoints --------------------------------------------------------------------------------------
 
 def test_dit_checkpoint_round_trip(dit, dcfg, tmp_path):
