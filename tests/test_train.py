@@ -83,11 +83,12 @@ def test_rerun_with_other_settings_is_refused(tiny_data, teacher_run):
 def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
     s = StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data), out_dir=str(tmp_path),
                         steps=2, batch=4, warmup=1, sample_every=10_000, gate_trajectories=4, gate_steps=5,
-                        sample_steps=6, tau_images=6, refresh_every=0)
+                        sample_steps=6, tau_images=6, refresh_every=0, sample_cfg=2.0)
     result = train_student(s)
     ck = load_checkpoint(tmp_path / "student.safetensors")
     assert ck.kind == "student" and ck.labels == ("blue", "green", "red")
     assert ck.sampler["refresh_every"] == 0 and ck.sampler["threshold"] == result["threshold"]
+    assert ck.sampler["cfg"] == 2.0                             # `train student --cfg`: calibrated at it
     assert ck.width_schedule == tuple(result["width_schedule"]) and len(ck.width_schedule) == 4
     fresh_gate = load_checkpoint(teacher_run / "teacher.safetensors").model.gate.state_dict()
     assert any(not torch.equal(v, fresh_gate[k]) for k, v in ck.model.gate.state_dict().items())
@@ -256,3 +257,19 @@ def test_a_run_started_before_a_config_field_existed_resumes(tiny_data, tmp_path
     file.write_text(json.dumps(saved))
     with pytest.raises(NitroGenInputError, match="different command"):
         train_teacher(teacher_settings(tiny_data, tmp_path))
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (("--cfg", "99"), "--cfg 99.0 is out of range; allowed 0..30"),
+    (("--cfg", "nan"), "--cfg nan is out of range"),
+    (("--cfg", "x"), "argument --cfg: invalid float value: 'x'"),
+    (("--width-error-bound", "0"), "--width-error-bound 0.0 must be a positive number"),
+])
+def test_student_cli_bad_flags_are_one_line_errors(tmp_path, flags, needle):
+    proc = subprocess.run([sys.executable, "-m", "nitrogen_core", "train", "student", "--teacher", "t.safetensors",
+                           "--data", str(tmp_path), "--out", str(tmp_path / "run"), *flags],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "error:" in lines[-1] and needle in lines[-1], proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -62,6 +62,9 @@ def add_train_parser(subparsers) -> None:
     st.add_argument("--refresh-every", type=_non_negative_int, default=3,
                     help="the dense refresh period the checkpoint recommends (0: none after warm-up); the "
                          "default threshold is calibrated with it (default 3)")
+    st.add_argument("--cfg", type=float, default=1.5,
+                    help="the guidance scale the checkpoint recommends; the width schedule, the gate's own "
+                         "trajectories and the default threshold are calibrated at it (default 1.5)")
     st.add_argument("--gate-trajectories", type=_positive_int, default=48)
     st.add_argument("--gate-steps", type=_positive_int, default=1500)
     st.add_argument("--seed", type=int, default=0)
@@ -88,10 +91,14 @@ def cmd_train_student(args) -> int:
 
     if not (math.isfinite(args.width_error_bound) and args.width_error_bound > 0):
         raise NitroGenInputError(f"--width-error-bound {args.width_error_bound} must be a positive number")
+    from ..sampler import LIMITS
+    lo, hi = LIMITS["cfg"]
+    if not (math.isfinite(args.cfg) and lo <= args.cfg <= hi):
+        raise NitroGenInputError(f"--cfg {args.cfg} is out of range; allowed {lo:g}..{hi:g}")
     train_student(StudentSettings(teacher=args.teacher, data=args.data, out_dir=args.out, steps=args.steps,
                                   batch=args.batch, minutes=args.minutes, seed=args.seed,
                                   width_error_bound=args.width_error_bound,
                                   gate_trajectories=args.gate_trajectories, gate_steps=args.gate_steps,
-                                  refresh_every=args.refresh_every,
+                                  refresh_every=args.refresh_every, sample_cfg=args.cfg,
                                   sample_every=args.sample_every))
     return 0
