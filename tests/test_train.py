@@ -20,7 +20,7 @@ from nitrogen_core.diffusion import Schedule
 from nitrogen_core.errors import NitroGenInputError
 from nitrogen_core.sampler import image_weights
 from nitrogen_core.train.common import Dist, batch_indices, learning_rate
-from nitrogen_core.bench.tau import TailRule, calibrate, choose_threshold, from_student_run
+from nitrogen_core.bench.tau import TailRule, calibrate, choose_threshold, from_student_run, markdown
 from nitrogen_core.train.student import (StudentSettings, choose_width_schedule, gate_report, gate_trajectories,
                                          sandwich_widths, train_student)
 from nitrogen_core.train.teacher import TeacherSettings, train_teacher
@@ -105,6 +105,8 @@ def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
                                                            if k != "threshold_confirmation"}))
     sampled = from_student_run(str(tmp_path / "unconfirmed.json"), str(tmp_path / "student.safetensors"))
     assert sampled["confirmation"] == rerun["confirmation"] and sampled["threshold"] == result["threshold"]
+    assert sampled["confirmed_by_run"] is False and rebuilt["confirmed_by_run"] is True
+    assert "samples the confirmation below, which that run predates" in markdown({**sampled, "command": "x"})
     (tmp_path / "other.json").write_text(json.dumps({**calibration, "threshold": result["threshold"] + 1}))
     with pytest.raises(NitroGenInputError, match="other.json.*give the run that made it") as info:
         from_student_run(str(tmp_path / "other.json"), str(tmp_path / "student.safetensors"))

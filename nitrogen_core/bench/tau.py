@@ -193,7 +193,9 @@ def markdown(result: dict) -> str:
         f"from seeds {CALIBRATION_SEED}..{CALIBRATION_SEED + result['images'] - 1} (disjoint from the "
         f"benchmark's). Checkpoint: `{result['ckpt']}`."
         + (f" The sweep itself ran in the `train student` run that chose the checkpoint's τ "
-           f"(`{result['swept_by']}`); this re-renders it." if result.get("swept_by") else ""),
+           f"(`{result['swept_by']}`); this re-renders it"
+           + (", and samples the confirmation below, which that run predates." if result.get("confirmed_by_run") is False
+              else ".") if result.get("swept_by") else ""),
         "",
         f"**Rule:** the default τ is the largest τ up to which every swept τ keeps the {result['rule_text']}, "
         f"and which keeps it again on {result['images']} other images (the confirmation below; the worst of n "
@@ -251,6 +253,7 @@ def from_student_run(calibration_json: str, ckpt_path: str, log=None) -> dict:
                                  f"calibration.json ({type(e).__name__}: {e})") from None
     labels = _calibration_labels(ck, images)
     confirmation = run.get("threshold_confirmation")
+    confirmed_by_run = confirmation is not None
     recommended = ck.sampler.get("threshold")
     if confirmation is not None and run.get("threshold") != recommended:
         _check_made_by(run, ck, calibration_json, ckpt_path)
@@ -263,7 +266,7 @@ def from_student_run(calibration_json: str, ckpt_path: str, log=None) -> dict:
                                             ck.sampler.get("cfg", 1.5), labels, rows, rule, _recommended(ck), log)
     result = _result(ck, ckpt_path, labels, rule, rows, THRESHOLD_GRID, _recommended(ck), seconds=None,
                      confirmation=confirmation)
-    return {**result, "swept_by": str(calibration_json)}
+    return {**result, "swept_by": str(calibration_json), "confirmed_by_run": confirmed_by_run}
 
 
 def _check_made_by(run: dict, ck, calibration_json: str, ckpt_path: str) -> None:
