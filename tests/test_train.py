@@ -123,6 +123,14 @@ def test_student_refuses_a_student_as_teacher(tiny_data, teacher_run, tmp_path):
     with pytest.raises(NitroGenInputError, match="give the teacher"):
         train_student(StudentSettings(teacher=str(student_run / "student.safetensors"), data=str(tiny_data),
                                       out_dir=str(tmp_path / "s2")))
+    # rerunning the finished run at another guidance scale redoes only the calibration, at that scale
+    weights = load_file(student_run / "student.safetensors")
+    train_student(StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data),
+                                  out_dir=str(student_run), steps=1, batch=4, warmup=1, sample_every=10_000,
+                                  gate_trajectories=2, gate_steps=2, sample_steps=4, tau_images=3, sample_cfg=2.5))
+    assert load_checkpoint(student_run / "student.safetensors").sampler["cfg"] == 2.5
+    again = load_file(student_run / "student.safetensors")
+    assert all(torch.equal(again[k], v) for k, v in weights.items() if not k.startswith("gate."))
 
 
 def test_choose_width_schedule_takes_narrowest_under_bound():

@@ -199,12 +199,12 @@ def _with_resolved_config(saved: dict) -> dict:
     return {**saved, "config": json.loads(json.dumps(resolved))}
 
 
-# Settings a rerun may change without starting over: how long this invocation runs, how often it reports.
-# Settings a rerun may change: when to stop, log and save, and the student's post-training
-# calibration (rerunning a finished student with a new bound recalibrates without retraining).
+# Settings a rerun may change without starting over: when to stop, log and save, and the student's
+# post-training calibration (rerunning a finished student with a new bound, refresh period or guidance
+# scale recalibrates width schedule, gate and threshold without distilling again).
 RESUMABLE_CHANGES = {"minutes", "stop_after", "sample_every", "save_every",
                      "width_error_bound", "tau_p1_psnr", "tau_worst_psnr", "tau_images", "gate_trajectories",
-                     "gate_steps", "refresh_every"}
+                     "gate_steps", "refresh_every", "sample_cfg"}
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
