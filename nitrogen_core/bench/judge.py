@@ -797,7 +797,6 @@ def calibrate(judge: Judge, sets: RealSets, *, resamples: int = 200, seed: int =
             "required": required, "passed": all(required.values())}
 
 
-
 def _interval(row: dict, key: str, digits: int) -> str:
     return f"{row[key]:.{digits}f} [{row[key + '_lo']:.{digits}f}, {row[key + '_hi']:.{digits}f}]"
 

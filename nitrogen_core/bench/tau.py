@@ -140,9 +140,8 @@ def confirm_threshold(model, width_schedule: tuple[float, ...], steps: int, cfg_
     Why: no image under the worst-image bound among n images only bounds the share of such images
     below ~3/n (95%), so a new set of n can still hold one. On the bundled U-Net, tau 0.005 passed on
     its 540 calibration images (worst 27.3 dB) and had a 17.2 dB image among the bench's 540."""
-    accepted = [r["threshold"] for r in sorted(rows, key=lambda r: r["threshold"])
-                if r["threshold"] <= choose_threshold(rows, rule)]
-    if not accepted or choose_threshold(rows, rule) == 0.0:
+    accepted = accepted_thresholds(rows, rule)
+    if not accepted or accepted[-1] == 0.0:
         return 0.0, []
     noise = calibration_noise(model.config, len(labels), seed=CONFIRMATION_SEED)
     say = log or (lambda m: None)
@@ -159,6 +158,12 @@ def confirm_threshold(model, width_schedule: tuple[float, ...], steps: int, cfg_
         if rule.holds(tried[-1]):
             return tau, tried
     return 0.0, tried
+
+
+def accepted_thresholds(rows: list[dict], rule: TailRule) -> list[float]:
+    """Every swept tau up to the sweep's choice (choose_threshold), ascending."""
+    chosen = choose_threshold(rows, rule)
+    return sorted(r["threshold"] for r in rows if r["threshold"] <= chosen)
 
 
 def _confirmed(rows: list[dict], rule: TailRule, confirmation: list[dict] | None) -> float:
@@ -255,12 +260,13 @@ def from_student_run(calibration_json: str, ckpt_path: str, log=None) -> dict:
     confirmation = run.get("threshold_confirmation")
     confirmed_by_run = confirmation is not None
     recommended = ck.sampler.get("threshold")
-    if confirmation is not None and run.get("threshold") != recommended:
-        _check_made_by(run, ck, calibration_json, ckpt_path)
-    if confirmation is None:
+    if confirmed_by_run:
+        if run.get("threshold") != recommended:
+            _check_made_by(run, ck, calibration_json, ckpt_path)
+    else:
         # the checkpoint may carry the run's sweep choice or the tau confirmed since; either is a tau the
         # sweep accepted. Refused before sampling: the confirmation takes minutes.
-        if recommended not in [0.0, *(r["threshold"] for r in rows if r["threshold"] <= choose_threshold(rows, rule))]:
+        if recommended not in [0.0, *accepted_thresholds(rows, rule)]:
             _check_made_by(run, ck, calibration_json, ckpt_path)
         _, confirmation = confirm_threshold(ck.model, ck.width_schedule, ck.sampler.get("steps", 20),
                                             ck.sampler.get("cfg", 1.5), labels, rows, rule, _recommended(ck), log)

@@ -380,14 +380,12 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     rule = TailRule(s.tau_p1_psnr, s.tau_worst_psnr)
     print(f"choosing the default threshold on {s.tau_images} images: {rule.text()}", file=sys.stderr)
     counts = list(data.counts().values())
-    sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg,
-                            proportional_labels(counts, s.tau_images), stop_rule=rule,
-                            base={"refresh_every": s.refresh_every},
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
-    threshold, confirmation = confirm_threshold(student, width_schedule, s.sample_steps, s.sample_cfg,
-                                                proportional_labels(counts, s.tau_images), sweep, rule,
-                                                base={"refresh_every": s.refresh_every},
-                                                log=lambda m: print(m, file=sys.stderr, flush=True))
+    tau_labels = proportional_labels(counts, s.tau_images)
+    base, say = {"refresh_every": s.refresh_every}, lambda m: print(m, file=sys.stderr, flush=True)
+    sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg, tau_labels, stop_rule=rule,
+                            base=base, log=say)
+    threshold, confirmation = confirm_threshold(student, width_schedule, s.sample_steps, s.sample_cfg, tau_labels,
+                                                sweep, rule, base=base, log=say)
     print(f"default threshold {threshold}", file=sys.stderr)
     calib_seconds = time.monotonic() - t0
 
