@@ -74,6 +74,11 @@ class LoadedCheckpoint:
     size_bytes: int
     n_params: int
 
+    def recommended_guards(self) -> dict:
+        """The adaptive sampler's settings this checkpoint was calibrated with, besides steps, cfg, tau
+        and mode (e.g. refresh_every): every measurement of its adaptive sampler must use them."""
+        return {k: v for k, v in self.sampler.items() if k not in ("steps", "cfg", "threshold", "budget", "mode")}
+
 
 # -- small helpers -----------------------------------------------------------------------
 

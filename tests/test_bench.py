@@ -536,15 +536,26 @@ def test_targets_say_where_a_curve_does_not_reach():
                                           "note": "no adaptive row at the default τ = 0.5"}
 
 
-def test_bench_takes_a_dit_checkpoint(setup, tmp_path):
+def test_bench_takes_a_dit_checkpoint(setup, tmp_path, monkeypatch):
+    """...and runs its adaptive rows with the guards the checkpoint recommends (here no dense refresh),
+    which its tau was calibrated with."""
+    from nitrogen_core.bench import evaluate
     torch.manual_seed(0)
     model = perturbed(NitroGenModel(preset("tiny-dit", num_classes=3))).eval()
     ckpt = save_checkpoint(tmp_path / "dit.safetensors", model, kind="student", labels=list(CLASSES),
-                           width_schedule=(1.0,), sampler={"steps": 4, "cfg": 1.5, "threshold": 0.01})
+                           width_schedule=(1.0,),
+                           sampler={"steps": 4, "cfg": 1.5, "threshold": 0.01, "refresh_every": 0})
+    seen, shipped = [], evaluate.sample_in_chunks
+    monkeypatch.setattr(evaluate, "sample_in_chunks",
+                        lambda model, noise, labels, settings, *a, **k: (seen.append(settings),
+                                                                         shipped(model, noise, labels, settings,
+                                                                                 *a, **k))[1])
     out = tmp_path / "dit.json"
     assert cli_main(["bench", "--quick", "--ckpt", str(ckpt), "--judge", str(setup["judge"]), "--data",
                      str(setup["data"]), "--images", "6", "--time-images", "3", "--json", str(out)]) == 0
+    assert {s.refresh_every for s in seen if s.mode == "adaptive"} == {0}
     result = json.loads(out.read_text())
+    assert result["adaptive_guards"] == {"refresh_every": 0}
     assert result["backbone"] == "dit" and {r["backbone"] for r in result["rows"]} == {"dit"}
     assert {r["mode"] for r in result["rows"]} == {"full", "adaptive", "uniform", "cache", "slim"}
     assert "backbone **dit**" in render_markdown(result)

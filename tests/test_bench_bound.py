@@ -160,7 +160,7 @@ def ckpts(tmp_path_factory):
         net = perturbed(NitroGenModel(preset(name, num_classes=3))).eval()
         out[name] = save_checkpoint(tmp_path_factory.mktemp("bound") / f"{name}.safetensors", net, kind="student",
                                     labels=["a", "b", "c"], width_schedule=(1.0,),
-                                    sampler={"steps": 6, "cfg": CFG_SCALE})
+                                    sampler={"steps": 6, "cfg": CFG_SCALE, "refresh_every": 0})
     return out
 
 
@@ -220,6 +220,13 @@ def test_bound_samples_in_chunks_and_gives_the_oracle_each_chunks_labels(ckpts, 
     (it refuses a batch it was not set up for)."""
     from nitrogen_core.bench import bound, evaluate
     monkeypatch.setattr(evaluate, "CHUNK", 2)                                  # the shared chunked sampling loop
+    seen, shipped = [], bound.sample_in_chunks
+    monkeypatch.setattr(bound, "sample_in_chunks",
+                        lambda model, noise, labels, settings, *a, **k: (seen.append(settings),
+                                                                         shipped(model, noise, labels, settings,
+                                                                                 *a, **k))[1])
     result = bound.run_bound(str(ckpts["tiny-dit"]), seeds=1, taus=(0.05,), log=lambda msg: None)
     assert result["images"] == 3
+    # the adaptive variants run with the checkpoint's recommended guards (no dense refresh here)
+    assert {s.refresh_every for s in seen if s.mode == "adaptive"} == {0}
     assert {r["mode"] for r in result["rows"]} == {"gate", "gate + exact", "oracle gate", "oracle + exact", "cache"}

@@ -169,7 +169,7 @@ def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) ->
     for name in VARIANTS:
         with variant(model, name, labels, cfg_scale):
             for tau in taus:
-                add(name, tau, SamplerSettings(threshold=tau, **base), ck.width_schedule)
+                add(name, tau, SamplerSettings(threshold=tau, **base, **ck.recommended_guards()), ck.width_schedule)
     for tau in CACHE_TAUS:
         add("cache", tau, SamplerSettings(mode="cache", threshold=tau, **base))
     return {"rows": rows, "backbone": backbone, "ckpt": display_path(str(ckpt_path)), "seeds": seeds,

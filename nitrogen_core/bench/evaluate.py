@@ -129,13 +129,17 @@ def sample_in_chunks(model, noise: torch.Tensor, labels: torch.Tensor, settings:
     return torch.cat(images), torch.cat(macs), macs_full
 
 
-def build_configs(steps: int, cfg_scale: float, schedule, sweep, default_tau: float | None = None) -> list[Config]:
+def build_configs(steps: int, cfg_scale: float, schedule, sweep, default_tau: float | None = None,
+                  guards: dict | None = None) -> list[Config]:
+    """Every mode's configurations. `guards`: the checkpoint's recommended adaptive settings
+    (LoadedCheckpoint.recommended_guards, e.g. refresh_every), which its tau was calibrated with."""
     taus, cache_taus, fractions = sweep
     if default_tau is not None and default_tau > 0:
         taus = tuple(sorted({*taus, default_tau}))
     base = dict(steps=steps, cfg=cfg_scale)
     configs = [Config("full", SamplerSettings(mode="full", **base), None)]
-    configs += [Config("adaptive", SamplerSettings(threshold=t, **base), t, schedule) for t in taus]
+    configs += [Config("adaptive", SamplerSettings(threshold=t, **base, **(guards or {})), t, schedule)
+                for t in taus]
     configs += [Config("cache", SamplerSettings(mode="cache", threshold=t, **base), t) for t in cache_taus]
     configs += [Config("slim", SamplerSettings(mode="full", width=0.5, **base), None)]
     ks = sorted({max(1, min(steps - 1, round(f * steps))) for f in fractions})
@@ -201,7 +205,7 @@ def evaluate(args) -> dict:
     noise = make_noise(ck.config, len(labels), seed=BENCH_SEED)              # (N, C, H, W)
     timed = timing_subset(labels, n_classes, args.time_images)               # (K,)
     configs = build_configs(steps, cfg_scale, ck.width_schedule, SWEEPS["quick" if args.quick else "full"],
-                            default_tau)
+                            default_tau, ck.recommended_guards())
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     log(f"bench: {backbone}, {len(labels)} images for quality (classes in the reference's proportions), timing over "
@@ -262,7 +266,7 @@ def evaluate(args) -> dict:
     return {"rows": rows, "backbone": backbone, "ckpt": display_path(str(args.ckpt)), "images": len(labels),
             "time_images": len(timed), "labels": dict(zip(ck.labels, counts)),
             "device": "cpu", "threads": torch.get_num_threads(), "steps": steps, "cfg": cfg_scale,
-            "repeats": args.repeats, "quick": bool(args.quick),
+            "repeats": args.repeats, "quick": bool(args.quick), "adaptive_guards": ck.recommended_guards(),
             "judge": {"path": display_path(str(args.judge)), "held_out_accuracy": judge.meta.get("held_out_accuracy"),
                       "feature_dim": judge.dim, "reference_images": int(len(sets.reference))},
             "reference": sets.describe(),

@@ -232,7 +232,7 @@ def calibrate(ckpt_path: str, images: int, counts: list[int] | None, rule: TailR
     from ..checkpoint import load_checkpoint
     ck = load_checkpoint(ckpt_path)
     labels = _calibration_labels(ck, images, counts)
-    base = {**_recommended(ck), **(overrides or {})}
+    base = {**ck.recommended_guards(), **(overrides or {})}
     start = time.perf_counter()
     steps, cfg_scale = ck.sampler.get("steps", 20), ck.sampler.get("cfg", 1.5)
     rows = threshold_sweep(ck.model, ck.width_schedule, steps, cfg_scale,
@@ -269,8 +269,8 @@ def from_student_run(calibration_json: str, ckpt_path: str, log=None) -> dict:
         if recommended not in [0.0, *accepted_thresholds(rows, rule)]:
             _check_made_by(run, ck, calibration_json, ckpt_path)
         _, confirmation = confirm_threshold(ck.model, ck.width_schedule, ck.sampler.get("steps", 20),
-                                            ck.sampler.get("cfg", 1.5), labels, rows, rule, _recommended(ck), log)
-    result = _result(ck, ckpt_path, labels, rule, rows, THRESHOLD_GRID, _recommended(ck), seconds=None,
+                                            ck.sampler.get("cfg", 1.5), labels, rows, rule, ck.recommended_guards(), log)
+    result = _result(ck, ckpt_path, labels, rule, rows, THRESHOLD_GRID, ck.recommended_guards(), seconds=None,
                      confirmation=confirmation)
     return {**result, "swept_by": str(calibration_json), "confirmed_by_run": confirmed_by_run}
 
@@ -286,11 +286,6 @@ def _calibration_labels(ck, images: int, counts: list[int] | None = None) -> tor
     if counts is None:
         counts = ck.train.get("class_counts") if isinstance(ck.train, dict) else None
     return proportional_labels(counts or [1] * ck.config.num_classes, images)
-
-
-def _recommended(ck) -> dict:
-    """The checkpoint's recommended sampler settings besides steps, cfg and tau (e.g. refresh_every)."""
-    return {k: v for k, v in ck.sampler.items() if k not in ("steps", "cfg", "threshold", "mode")}
 
 
 def _result(ck, ckpt_path, labels, rule: TailRule, rows: list[dict], taus, base: dict, seconds,
