@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     # with a threshold above 0 use the checkpoint's width schedule as well as the gate.
     modes = {"full": SamplerSettings(steps=args.steps, cfg=args.cfg, mode="full")}
     for tau in (float(x) for x in args.taus.split(",")):
-        modes[f"adaptive tau={tau:g}"] = SamplerSettings(steps=args.steps, cfg=args.cfg, threshold=tau)
+        modes[f"adaptive tau={tau:g}"] = SamplerSettings(steps=args.steps, cfg=args.cfg, threshold=tau,
+                                                          **ck.recommended_guards())
     times = {name: [] for name in modes}
     results = {}
     for rep in range(args.repeats + 1):                  # round 0 warms up and is discarded

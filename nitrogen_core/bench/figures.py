@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     threshold = ck.sampler.get("threshold", SamplerSettings.threshold)
 
     full, full_recs = class_rows(ck, SamplerSettings(steps=steps, cfg=cfg_scale, mode="full"), ck.width_schedule)
-    adaptive, ada_recs = class_rows(ck, SamplerSettings(steps=steps, cfg=cfg_scale, threshold=threshold),
+    adaptive, ada_recs = class_rows(ck, SamplerSettings(steps=steps, cfg=cfg_scale, threshold=threshold,
+                                                    **ck.recommended_guards()),
                                     ck.width_schedule)
     save_grid(full, out / "samples_full.png", COLUMNS)
     save_grid(adaptive, out / "samples_adaptive.png", COLUMNS)
