@@ -99,7 +99,7 @@ def test_nodes_and_templates_are_served(server):
         assert info[name]["category"] == "NitroGen"
     ckpts = info["NitroGenLoader"]["input"]["required"]["ckpt_name"][0]
     assert "tiny-test.safetensors" in ckpts                     # found through extra_model_paths.yaml
-    assert ckpts[0] == "nitrogen-emoji32 (bundled)"
+    assert ckpts[:2] == ["nitrogen-emoji32 (bundled)", "nitrogen-emoji32-dit (bundled)"]   # both backbones
     templates = json.loads(_get(server["url"] + "/workflow_templates"))
     names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     assert sorted(templates.get(PACK, [])) == names
@@ -193,3 +193,24 @@ def test_shipped_workflow_on_bundled_checkpoint(server):
             tile = grid.crop((c * 256, r * 256, (c + 1) * 256, (r + 1) * 256)).resize((32, 32), Image.NEAREST)
             arr = np.asarray(tile, dtype=np.float32) / 255
             assert arr.std() > 0.15 and (arr.min(axis=2) > 0.9).mean() > 0.2
+
+
+def test_backbone_workflow_runs_on_both_bundled_checkpoints(server):
+    """The third workflow as shipped: the same seed and class on the bundled U-Net and transformer,
+    each sampler showing its grid and each Compute Map its heatmaps."""
+    script = _thumbnail_script()
+    workflow = json.loads((WORKFLOWS / "U-Net vs transformer on the same seed.json").read_text())
+    pack = script.load_pack()
+    prompt = script.to_api_prompt(workflow, pack.NODE_CLASS_MAPPINGS)
+    loaders = sorted(v["inputs"]["ckpt_name"] for v in prompt.values() if v["class_type"] == "NitroGenLoader")
+    assert loaders == ["nitrogen-emoji32 (bundled)", "nitrogen-emoji32-dit (bundled)"]
+    outputs, seconds = _run_prompt(server, prompt)
+    print(f"\nbackbone workflow, both bundled checkpoints: {seconds:.2f} s")
+    samplers = [k for k, v in prompt.items() if v["class_type"] == "NitroGenAdaptiveSampler"]
+    maps = [k for k, v in prompt.items() if v["class_type"] == "NitroGenComputeMap"]
+    assert set(outputs) == {*samplers, *maps}, sorted(outputs)
+    for k in samplers:
+        (entry,) = outputs[k]["images"]
+        assert _view(server, entry).size == (512, 512)
+    for k in maps:
+        assert len(outputs[k]["images"]) == prompt[samplers[0]]["inputs"]["batch_size"]
