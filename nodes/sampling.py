@@ -1,7 +1,6 @@
 """NitroGen Adaptive Sampler: NITROGEN_MODEL -> IMAGE + NITROGEN_COMPUTE."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -17,9 +16,9 @@ from .loader import NitroGenModelHandle, known_labels
 MAX_SEED = 0xFFFFFFFFFFFFFFFF                  # torch.Generator.manual_seed takes any 64-bit value
 PREVIEW_MAX = 512                              # ComfyUI's default preview size (--preview-size)
 DEFAULTS = SamplerSettings()                   # widget defaults are static: the core's defaults
-# Set by the widgets; everything else (warm-up, refresh, skip cap, exit patience) comes from the
-# checkpoint's recommended sampler settings, since those guards are calibrated with the model.
-WIDGET_FIELDS = ("steps", "cfg", "threshold", "budget")
+# steps, cfg, threshold and budget are set by the widgets; everything else (warm-up, refresh, skip
+# cap, exit patience) comes from the checkpoint (LoadedCheckpoint.recommended_guards), since those
+# guards are calibrated with the model.
 # The least budget offered runs on every bundled model at the default 20 steps (tests/test_nodes.py
 # checks both): the U-Net's cheapest step (width 0.25) is 0.064 of a full-width one, 0.0032 of full
 # compute; the transformer's is 0.27 (its token embedding, attention over all keys and per-image
@@ -54,11 +53,8 @@ def preview_image(x0: torch.Tensor) -> Image.Image:
 
 
 def settings_for(handle: NitroGenModelHandle, steps, cfg, threshold, budget) -> SamplerSettings:
-    names = {f.name for f in dataclasses.fields(SamplerSettings)}
-    recommended = {k: v for k, v in handle.checkpoint.sampler.items()
-                   if k in names and k not in (*WIDGET_FIELDS, "mode")}
-    settings = SamplerSettings(**recommended, steps=steps, cfg=cfg, threshold=threshold, budget=budget,
-                               mode="adaptive")
+    settings = SamplerSettings(**handle.checkpoint.recommended_guards(), steps=steps, cfg=cfg, threshold=threshold,
+                               budget=budget, mode="adaptive")
     return settings.validate()
 
 

@@ -54,6 +54,19 @@ def unet(cfg) -> UNet:
 DISC_COLORS = {"blue": (30, 60, 220), "red": (220, 40, 40), "green": (40, 180, 60)}
 
 
+def record_sampler_settings(monkeypatch, module) -> list:
+    """Wrap `module.sample_in_chunks` (bench's chunked sampling loop) so that every call's
+    SamplerSettings is appended to the returned list; sampling itself is unchanged."""
+    seen, shipped = [], module.sample_in_chunks
+
+    def recording(model, noise, labels, settings, *args, **kwargs):
+        seen.append(settings)
+        return shipped(model, noise, labels, settings, *args, **kwargs)
+
+    monkeypatch.setattr(module, "sample_in_chunks", recording)
+    return seen
+
+
 def write_disc_dataset(root: Path, per_class: int, centers, colors=DISC_COLORS, size: int = 16) -> Path:
     """An ImageFolder of coloured discs (radius 4) on white: root/<class>/<i>.png, one per center.
 

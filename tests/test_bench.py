@@ -24,7 +24,7 @@ from nitrogen_core.checkpoint import save_checkpoint
 from nitrogen_core.config import preset
 from nitrogen_core.model import NitroGenModel
 
-from conftest import bench_judge_and_student, perturbed, write_disc_dataset
+from conftest import bench_judge_and_student, perturbed, record_sampler_settings, write_disc_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("blue", "green", "red")
@@ -545,11 +545,7 @@ def test_bench_takes_a_dit_checkpoint(setup, tmp_path, monkeypatch):
     ckpt = save_checkpoint(tmp_path / "dit.safetensors", model, kind="student", labels=list(CLASSES),
                            width_schedule=(1.0,),
                            sampler={"steps": 4, "cfg": 1.5, "threshold": 0.01, "refresh_every": 0})
-    seen, shipped = [], evaluate.sample_in_chunks
-    monkeypatch.setattr(evaluate, "sample_in_chunks",
-                        lambda model, noise, labels, settings, *a, **k: (seen.append(settings),
-                                                                         shipped(model, noise, labels, settings,
-                                                                                 *a, **k))[1])
+    seen = record_sampler_settings(monkeypatch, evaluate)
     out = tmp_path / "dit.json"
     assert cli_main(["bench", "--quick", "--ckpt", str(ckpt), "--judge", str(setup["judge"]), "--data",
                      str(setup["data"]), "--images", "6", "--time-images", "3", "--json", str(out)]) == 0

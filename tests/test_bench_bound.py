@@ -18,7 +18,7 @@ from nitrogen_core.diffusion import Schedule, split_prediction
 from nitrogen_core.model import NitroGenModel
 from nitrogen_core.sampler import SamplerSettings, make_noise, sample
 
-from conftest import perturbed
+from conftest import perturbed, record_sampler_settings
 
 REPO = Path(__file__).resolve().parent.parent
 CFG_SCALE = 1.5
@@ -220,11 +220,7 @@ def test_bound_samples_in_chunks_and_gives_the_oracle_each_chunks_labels(ckpts, 
     (it refuses a batch it was not set up for)."""
     from nitrogen_core.bench import bound, evaluate
     monkeypatch.setattr(evaluate, "CHUNK", 2)                                  # the shared chunked sampling loop
-    seen, shipped = [], bound.sample_in_chunks
-    monkeypatch.setattr(bound, "sample_in_chunks",
-                        lambda model, noise, labels, settings, *a, **k: (seen.append(settings),
-                                                                         shipped(model, noise, labels, settings,
-                                                                                 *a, **k))[1])
+    seen = record_sampler_settings(monkeypatch, bound)
     result = bound.run_bound(str(ckpts["tiny-dit"]), seeds=1, taus=(0.05,), log=lambda msg: None)
     assert result["images"] == 3
     # the adaptive variants run with the checkpoint's recommended guards (no dense refresh here)

@@ -166,10 +166,11 @@ def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) ->
         log(f"  {name:15s} tau={tau:<7g} MACs/full {rows[-1]['mac_ratio']:.3f}  "
             f"PSNR {rows[-1]['psnr_to_full']:.1f} / worst {rows[-1]['psnr_to_full_min']:.1f} dB")
 
+    guards = ck.recommended_guards()                                           # what its tau was calibrated with
     for name in VARIANTS:
         with variant(model, name, labels, cfg_scale):
             for tau in taus:
-                add(name, tau, SamplerSettings(threshold=tau, **base, **ck.recommended_guards()), ck.width_schedule)
+                add(name, tau, SamplerSettings(threshold=tau, **base, **guards), ck.width_schedule)
     for tau in CACHE_TAUS:
         add("cache", tau, SamplerSettings(mode="cache", threshold=tau, **base))
     return {"rows": rows, "backbone": backbone, "ckpt": display_path(str(ckpt_path)), "seeds": seeds,

@@ -259,6 +259,7 @@ def from_student_run(calibration_json: str, ckpt_path: str, log=None) -> dict:
     labels = _calibration_labels(ck, images)
     confirmation = run.get("threshold_confirmation")
     confirmed_by_run = confirmation is not None
+    guards = ck.recommended_guards()
     recommended = ck.sampler.get("threshold")
     if confirmed_by_run:
         if run.get("threshold") != recommended:
@@ -269,8 +270,8 @@ def from_student_run(calibration_json: str, ckpt_path: str, log=None) -> dict:
         if recommended not in [0.0, *accepted_thresholds(rows, rule)]:
             _check_made_by(run, ck, calibration_json, ckpt_path)
         _, confirmation = confirm_threshold(ck.model, ck.width_schedule, ck.sampler.get("steps", 20),
-                                            ck.sampler.get("cfg", 1.5), labels, rows, rule, ck.recommended_guards(), log)
-    result = _result(ck, ckpt_path, labels, rule, rows, THRESHOLD_GRID, ck.recommended_guards(), seconds=None,
+                                            ck.sampler.get("cfg", 1.5), labels, rows, rule, guards, log)
+    result = _result(ck, ckpt_path, labels, rule, rows, THRESHOLD_GRID, guards, seconds=None,
                      confirmation=confirmation)
     return {**result, "swept_by": str(calibration_json), "confirmed_by_run": confirmed_by_run}
 
