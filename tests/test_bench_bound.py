@@ -77,6 +77,10 @@ def test_oracle_gate_sees_the_rows_the_sampler_selects(model):
     assert r.abs().max() < 1e-5                          # right labels: the cached eps is exact
     with pytest.raises(RuntimeError, match="oracle gate called on 2 images, set up for 3"):
         oracle(x[rows], torch.full((2,), 500.0), eps[rows], torch.zeros_like(x[rows]))
+    # with a forecast, a skip would use the forecast eps, not the cached one: the residual is to it
+    oracle.select_images(rows, eps[rows] + 0.25)
+    r = oracle(x[rows], torch.full((2,), 500.0), eps[rows], torch.zeros_like(x[rows]))
+    assert r.min().item() == pytest.approx(0.25, abs=1e-5) and r.max().item() == pytest.approx(0.25, abs=1e-5)
 
 
 def test_oracle_with_a_tiny_threshold_follows_full_compute(model):

@@ -273,6 +273,8 @@ BAD_SETTINGS = [
     ("warmup", 0), ("warmup", -2), ("refresh_every", -1), ("max_skips", -1), ("exit_patience", -1),
     ("steps", True), ("dense_above", -0.1), ("dense_above", 1.5), ("dense_above", float("nan")),
     ("width", 0), ("width", 1.5), ("mode", "slim"), ("image_skip", -0.5), ("image_skip", float("nan")),
+    ("forecast", -0.5), ("forecast", 1.5), ("forecast", float("nan")), ("forecast", "1"),
+    ("kv_forecast", -0.5), ("kv_forecast", 2.0), ("kv_forecast", float("inf")),
 ]
 
 
@@ -505,6 +507,8 @@ class PatchNormGate(ConstantGate):
     ("adaptive", 0.4, 1.0, (0.5, 1.0), 0.02, 0.25, False),  # a width change
     ("adaptive", 0.5, 0.55, (1.0,), 0.02, 0.1, True),       # budget and gate together
     ("adaptive", 0.5, 1.0, (1.0,), 0.1, 0.25, False),       # whole images sit steps out
+    ("cache+forecast", 0.03, 1.0, (1.0,), 0.0, 0.25, False),
+    ("adaptive+forecast", 0.5, 0.55, (1.0,), 0.02, 0.1, True),
 ])
 def test_images_do_not_depend_on_their_batch_mates(model, monkeypatch, mode, threshold, budget, schedule,
                                                    image_skip, dense_above, varied):
@@ -515,9 +519,10 @@ def test_images_do_not_depend_on_their_batch_mates(model, monkeypatch, mode, thr
     monkeypatch.setattr(model, "gate", PatchNormGate(model.gate, 0.0))
     noise = make_noise(model.config, n, seed=11)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    mode, _, forecast = mode.partition("+")
     st = SamplerSettings(steps=8, cfg=2.0, mode=mode, threshold=threshold, budget=budget, warmup=2,
                          refresh_every=3, max_skips=2, exit_patience=1, dense_above=dense_above,
-                         image_skip=image_skip)
+                         image_skip=image_skip, forecast=1.0 if forecast else 0.0)
     whole = sample(model, noise, labels, st, width_schedule=schedule)
     for chunk in (3, 1):
         parts = [sample(model, noise[s:s + chunk], labels[s:s + chunk], st, width_schedule=schedule)
@@ -581,3 +586,56 @@ def test_sampler_holds_one_activation_cache(model, monkeypatch):
     per_op = [p.buf.shape[1] * p.buf.shape[2] * p.buf.shape[3] * 4 for p in cache.outputs]
     assert cache_bytes == 2 * n * sum(per_op)
     assert executors[-1].nbytes == cache.nbytes + executors[-1].out.numel() * 4
+
+
+# -- eps forecast for skipped units ------------------------------------------------------------------
+
+def test_eps_forecast_is_exact_on_a_linear_eps():
+    """eps = a + b * step, computed at steps 0 and 1, then skipped: strength 1 continues the line
+    exactly, 0.5 half of it, 0 reuses the last; a unit computed again takes its fresh eps and its
+    slope from the gap since its last computation."""
+    a, b = torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2)
+    line = lambda i: a + b * i
+    everywhere, nowhere = torch.ones(1, 1, 1, 1, dtype=torch.bool), torch.zeros(1, 1, 1, 1, dtype=torch.bool)
+    for strength in (1.0, 0.5, 0.0):
+        f = sampler_mod.EpsForecast(a, strength)
+        for i in (0, 1):
+            last, eps = f.step(line(i), everywhere)
+            assert torch.equal(eps, line(i)) and torch.equal(last, line(i))
+        for i in (2, 3):
+            last, eps = f.step(torch.full_like(a, float("nan")), nowhere)           # fresh eps unused
+            torch.testing.assert_close(eps, line(1) + strength * (i - 1) * b)
+            assert torch.equal(last, line(1))                                       # the gate's input
+        last, eps = f.step(line(4), everywhere)
+        assert torch.equal(eps, line(4))
+        torch.testing.assert_close(f.skipped(), line(4) + strength * b)            # slope over the 3-step gap
+
+
+def test_eps_forecast_is_per_pixel():
+    """Units skipped and computed in one step: each keeps its own age and slope."""
+    x = torch.zeros(1, 1, 1, 2)
+    f = sampler_mod.EpsForecast(x, 1.0)
+    left = torch.tensor([[[[True, False]]]])
+    f.step(torch.tensor([[[[0.0, 0.0]]]]), torch.ones_like(left))
+    f.step(torch.tensor([[[[1.0, 2.0]]]]), torch.ones_like(left))          # slopes 1 and 2 per step
+    _, eps = f.step(torch.tensor([[[[5.0, 9.0]]]]), left)                   # right skipped: 2 + 2
+    assert eps.flatten().tolist() == [5.0, 4.0]
+    _, eps = f.step(torch.tensor([[[[0.0, 9.0]]]]), ~left)                  # left skipped: 5 + 4, right fresh
+    assert eps.flatten().tolist() == [9.0, 9.0]
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "cache"])
+def test_forecast_changes_only_skipped_units(model, noise, labels, mode):
+    """Threshold 0 computes everything, so the forecast has nothing to do: identical to full.
+    With skips it changes the images (the skipped units step with the forecast), deterministically."""
+    full = sample(model, noise, labels, settings(mode="full", cfg=2.0))
+    zero = sample(model, noise, labels, settings(mode=mode, cfg=2.0, threshold=0.0, forecast=1.0))
+    assert torch.equal(full.images, zero.images)
+    tau = 100.0 if mode == "cache" else MID
+    reuse = sample(model, noise, labels, settings(mode=mode, cfg=2.0, threshold=tau))
+    ahead = sample(model, noise, labels, settings(mode=mode, cfg=2.0, threshold=tau, forecast=1.0))
+    assert not masks(reuse.record).all()                                  # something was skipped
+    assert np.array_equal(masks(reuse.record)[:3], masks(ahead.record)[:3])  # same decisions before any forecast
+    assert not torch.equal(reuse.images, ahead.images)
+    again = sample(model, noise, labels, settings(mode=mode, cfg=2.0, threshold=tau, forecast=1.0))
+    assert torch.equal(ahead.images, again.images)

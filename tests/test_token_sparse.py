@@ -179,9 +179,9 @@ def test_costs_match_what_step_counts(dit, dcfg, nb, width):
 
 # -- the executor ----------------------------------------------------------------------------------------
 
-def run_steps(dit, x, t, labels, plan) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def run_steps(dit, x, t, labels, plan, kv_forecast: float = 0.0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Drive one executor through `plan`: (x shift, width, dense_rows, blocks) per step."""
-    ex = DiTExecutor(dit, record=True)
+    ex = DiTExecutor(dit, record=True, kv_forecast=kv_forecast)
     outs, macs = [], []
     for shift, width, dense_rows, blocks in plan:
         out, m = ex.step(x + shift, t, labels, width, dense_rows, blocks)
@@ -190,9 +190,11 @@ def run_steps(dit, x, t, labels, plan) -> tuple[list[torch.Tensor], list[torch.T
     return outs, macs
 
 
-def test_batch_invariance(dit, dcfg, nb):
+@pytest.mark.parametrize("kv_forecast", [0.0, 1.0])
+def test_batch_invariance(dit, dcfg, nb, kv_forecast):
     """Batch 4 = 2 x 2 = singles: outputs within float noise, MACs equal, over dense steps, steps that
-    mix dense and sparse rows, sparse steps with uneven counts and rows with nothing to do."""
+    mix dense and sparse rows, sparse steps with uneven counts and rows with nothing to do; with
+    stale or forecast keys/values."""
     B = 4
     x, _, t, labels = make_inputs(dcfg, B, seed=11)
     gen = torch.Generator().manual_seed(12)
@@ -202,12 +204,12 @@ def test_batch_invariance(dit, dcfg, nb):
         dense_rows = torch.tensor([k == 1, False, k == 3, False])
         blocks = torch.rand(B, nb, nb, generator=gen) < torch.tensor([0.1, 0.3, 0.6, 0.0])[:, None, None]
         plan.append((shift, 1.0, dense_rows, blocks | dense_rows[:, None, None]))
-    whole, whole_macs = run_steps(dit, x, t, labels, plan)
+    whole, whole_macs = run_steps(dit, x, t, labels, plan, kv_forecast)
     for groups in ([[0, 1], [2, 3]], [[0], [1], [2], [3]]):
         for rows in groups:
             r = torch.tensor(rows)
             sub_plan = [(s if isinstance(s, float) else s[r], w, d[r], b[r]) for s, w, d, b in plan]
-            outs, macs = run_steps(dit, x[r], t[r], labels[r], sub_plan)
+            outs, macs = run_steps(dit, x[r], t[r], labels[r], sub_plan, kv_forecast)
             for i, (o, m) in enumerate(zip(outs, macs)):
                 torch.testing.assert_close(o, whole[i][r], atol=ATOL, rtol=0, msg=f"step {i} rows {rows}")
                 assert torch.equal(m, whole_macs[i][r])
@@ -236,6 +238,54 @@ def test_executor_holds_one_cache_and_frees_it_on_rebuild(dit, dcfg, nb, monkeyp
     norec = DiTExecutor(dit, record=False)
     norec.step(x, t, labels, 1.0, every, torch.ones(2, nb, nb, dtype=torch.bool))
     assert norec.cache is None and norec.nbytes == x.numel() * 4
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_kv_forecast_continues_each_tokens_line(dit, dcfg, nb, strength):
+    """Two dense steps, then partial ones: a sparse step attends to last + f * age * slope for the
+    tokens it leaves out (slope from each token's last two computations), and to fresh keys/values
+    for the tokens it computes. Checked against sparse_forward on a cache holding that forecast."""
+    x, _, t, labels = make_inputs(dcfg, 2, seed=21)
+    gen = torch.Generator().manual_seed(22)
+    xs = [x + 0.1 * k * torch.randn(x.shape, generator=gen) for k in range(5)]
+    every, none = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
+    all_units = torch.ones(2, nb, nb, dtype=torch.bool)
+    kv = [dense_forward(dit, xs[k], t, labels, 1.0)[1].kv for k in (0, 1)]      # each step's fresh keys/values
+    ex, plain = DiTExecutor(dit, record=True, kv_forecast=strength), DiTExecutor(dit, record=True)
+    for k in (0, 1):
+        ex.step(xs[k], t, labels, 1.0, every, all_units)
+        plain.step(xs[k], t, labels, 1.0, every, all_units)
+    assert ex.nbytes == plain.nbytes + 2 * sum(4 * a.numel() for a in kv[1])     # last and slope per block
+    g = dcfg.block_size // dcfg.token_size
+    masks = [torch.rand(2, nb, nb, generator=gen) < 0.4 for _ in range(2)]
+    last, slope, age = kv[1], [b - a for a, b in zip(kv[0], kv[1])], torch.zeros(2, nb * nb * g * g, 1)
+    for k, mask in zip((2, 3), masks):
+        want_cache = ex.cache.clone()
+        for i in range(len(last)):
+            want_cache.kv[i].copy_(last[i] + strength * (age + 1) * slope[i])
+        want, _ = sparse_forward(dit, xs[k], t, labels, want_cache, mask)
+        got, _ = ex.step(xs[k], t, labels, 1.0, none, mask)
+        computed = mask.reshape(2, -1).repeat_interleave(g * g, 1)[..., None]      # (B, N, 1)
+        assert computed.any() and not computed.all()
+        torch.testing.assert_close(got[mask.repeat_interleave(dcfg.block_size, 1)
+                                       .repeat_interleave(dcfg.block_size, 2)[:, None].expand_as(got)],
+                                   want[mask.repeat_interleave(dcfg.block_size, 1)
+                                        .repeat_interleave(dcfg.block_size, 2)[:, None].expand_as(want)],
+                                   atol=ATOL, rtol=0)
+        fresh = want_cache.kv                                                     # computed tokens' new keys/values
+        slope = [torch.where(computed, (f - l) / (age + 1), s) for f, l, s in zip(fresh, last, slope)]
+        last = [torch.where(computed, f, l) for f, l in zip(fresh, last)]
+        age = torch.where(computed, torch.zeros_like(age), age + 1)
+
+
+def test_kv_forecast_is_the_transformers_only(dcfg):
+    from nitrogen_core.errors import NitroGenInputError
+    unet = NitroGenModel(preset("tiny")).eval()
+    noise, labels = make_noise(unet.config, 1, 0), torch.tensor([0])
+    with pytest.raises(NitroGenInputError) as info:
+        sample(unet, noise, labels, SamplerSettings(steps=4, kv_forecast=1.0))
+    assert "kv_forecast=1.0 applies to the transformer backbone" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_model_executor_is_the_token_executor(dcfg):
@@ -277,11 +327,17 @@ def test_sampler_threshold_zero_is_full_compute(dit_model):
     zero = sample(dit_model, noise, labels, SamplerSettings(steps=6, threshold=0.0))
     assert torch.equal(full.images, zero.images)
     assert zero.record.macs_used == zero.record.macs_full
+    # every token computed: the forecasts have nothing to do
+    both = sample(dit_model, noise, labels, SamplerSettings(steps=6, threshold=0.0, forecast=1.0, kv_forecast=1.0))
+    assert torch.equal(full.images, both.images)
 
 
-def test_sampler_batch_invariance_on_dit(dit_model):
-    """Adaptive sampling with sparse steps, a width schedule and a budget: batch 4 = 2 x 2 = singles."""
-    settings = SamplerSettings(steps=8, threshold=0.05, budget=0.7, dense_above=0.6)
+@pytest.mark.parametrize("forecast", [0.0, 1.0])
+def test_sampler_batch_invariance_on_dit(dit_model, forecast):
+    """Adaptive sampling with sparse steps, a width schedule and a budget: batch 4 = 2 x 2 = singles;
+    with and without the eps and key/value forecasts."""
+    settings = SamplerSettings(steps=8, threshold=0.05, budget=0.7, dense_above=0.6, forecast=forecast,
+                               kv_forecast=forecast)
     noise, labels = make_noise(dit_model.config, 4, 1), torch.tensor([0, 1, 2, 1])
     whole = sample(dit_model, noise, labels, settings, width_schedule=(0.5, 1.0))
     assert any(not s.dense.all() and s.mask.any() for s in whole.record.steps)              # sparse steps ran

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import write_disc_dataset
@@ -83,11 +84,12 @@ def test_rerun_with_other_settings_is_refused(tiny_data, teacher_run):
 def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
     s = StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data), out_dir=str(tmp_path),
                         steps=2, batch=4, warmup=1, sample_every=10_000, gate_trajectories=4, gate_steps=5,
-                        sample_steps=6, tau_images=6, refresh_every=0, sample_cfg=2.0)
+                        sample_steps=6, tau_images=6, refresh_every=0, forecast=0.5, sample_cfg=2.0)
     result = train_student(s)
     ck = load_checkpoint(tmp_path / "student.safetensors")
     assert ck.kind == "student" and ck.labels == ("blue", "green", "red")
     assert ck.sampler["refresh_every"] == 0 and ck.sampler["threshold"] == result["threshold"]
+    assert ck.recommended_guards() == {"refresh_every": 0, "forecast": 0.5}   # tau was calibrated with them
     assert ck.sampler["cfg"] == 2.0                             # `train student --cfg`: calibrated at it
     assert ck.width_schedule == tuple(result["width_schedule"]) and len(ck.width_schedule) == 4
     fresh_gate = load_checkpoint(teacher_run / "teacher.safetensors").model.gate.state_dict()
@@ -113,6 +115,14 @@ def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(NitroGenInputError, match="not a `train student` run's calibration.json"):
         from_student_run(str(tmp_path / "log.jsonl"), str(tmp_path / "student.safetensors"))
+
+
+def test_student_refuses_a_kv_forecast_for_a_unet(tiny_data, teacher_run, tmp_path):
+    s = StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data), out_dir=str(tmp_path),
+                        steps=2, batch=4, kv_forecast=1.0)
+    with pytest.raises(NitroGenInputError, match="--kv-forecast 1.0 applies to the transformer backbone") as info:
+        train_student(s)
+    assert "\n" not in str(info.value) and not (tmp_path / "config.json").exists()
 
 
 def test_student_refuses_a_student_as_teacher(tiny_data, teacher_run, tmp_path):
@@ -189,6 +199,36 @@ def test_gate_targets_are_skip_errors(teacher_run):
     assert data["x"].shape[0] == data["target"].shape[0] > 0
     report = gate_report(ck.model.gate, data, thresholds=(0.05,))
     assert set(report) >= {"log_rmse", "pearson", "decisions"}
+
+
+def test_gate_targets_with_a_forecast_are_the_forecasts_errors(teacher_run):
+    """With --forecast, a skipped unit steps with the forecast, so the gate learns the forecast's
+    error: on a gate-decided step whose eps is fresh everywhere before (all blocks computed, no
+    skips yet), the forecast is eps_last + slope, and the target is ||fresh - that|| per patch."""
+    ck = load_checkpoint(teacher_run / "teacher.safetensors")
+    cfg = ck.config
+    grid = cfg.image_size // cfg.patch_size
+    everywhere = lambda x, t, eps_cached, eps_delta: torch.full((x.shape[0], grid, grid), 1e3)
+    reuse = gate_trajectories(ck.model, (1.0,), n=2, steps=8, cfg_scale=1.5, seed=0, policy=everywhere)
+    ahead = gate_trajectories(ck.model, (1.0,), n=2, steps=8, cfg_scale=1.5, seed=0, policy=everywhere,
+                              forecast=1.0)
+    # every block computed every step: same trajectory, same inputs; only the target differs
+    for key in ("x", "eps_cached", "eps_delta"):
+        assert torch.equal(reuse[key], ahead[key]), key
+    timesteps = Schedule(cfg.train_timesteps).sampling_timesteps(8)
+    step = [timesteps.index(int(t)) for t in reuse["t"][::2]]                 # sampling step of each gated step
+    compared = 0
+    for k in range(len(step) - 1):
+        if step[k] < 2 or step[k + 1] != step[k] + 1:       # need two computed steps before, the next recorded
+            continue
+        rows, nxt = slice(2 * k, 2 * k + 2), slice(2 * k + 2, 2 * k + 4)
+        fresh = reuse["eps_cached"][nxt]                                       # this step's fresh eps
+        skip = reuse["eps_cached"][rows] + reuse["eps_delta"][rows]             # last + slope (gap 1)
+        want = F.avg_pool2d((fresh - skip).square().mean(1, keepdim=True), cfg.patch_size)[:, 0].sqrt()
+        torch.testing.assert_close(ahead["target"][rows], want)
+        compared += 1
+    assert compared >= 2
+    assert not torch.allclose(ahead["target"], reuse["target"])
 
 
 def test_on_policy_trajectories_follow_the_gates_decisions(teacher_run):
@@ -274,6 +314,9 @@ def test_a_run_started_before_a_config_field_existed_resumes(tiny_data, tmp_path
     (("--cfg", "nan"), "--cfg nan is out of range"),
     (("--cfg", "x"), "argument --cfg: invalid float value: 'x'"),
     (("--width-error-bound", "0"), "--width-error-bound 0.0 must be a positive number"),
+    (("--forecast", "1.5"), "--forecast 1.5 is out of range; allowed 0..1"),
+    (("--forecast", "nan"), "--forecast nan is out of range"),
+    (("--kv-forecast", "-1"), "--kv-forecast -1.0 is out of range; allowed 0..1"),
 ])
 def test_student_cli_bad_flags_are_one_line_errors(tmp_path, flags, needle):
     proc = subprocess.run([sys.executable, "-m", "nitrogen_core", "train", "student", "--teacher", "t.safetensors",

@@ -10,7 +10,8 @@ same MAC accounting (the trained gate's MACs per gated step), next to step cachi
                   eps instead of the sparse executor's stale-context approximation (an extra dense
                   forward that is *not* counted; the executor's cache and MACs are the shipped ones);
 - oracle gate     the gate's prediction replaced by the true residual per patch,
-                  ||eps_fresh - eps_cached|| at width 1.0 (another uncounted dense forward);
+                  ||eps_fresh - eps_skip|| at width 1.0 (another uncounted dense forward), eps_skip
+                  being what a skip would use (the cached eps, or its forecast: sampler.EpsForecast);
 - oracle + exact  both.
 The last three are bounds, not methods: they tell whether a loss comes from the predictor, the
 executor, or per-unit skipping itself. Quality is PSNR to full compute on the same seeds.
@@ -49,9 +50,10 @@ CACHE_TAUS = (0.003, 0.01, 0.03, 0.1)
 
 class OracleGate(nn.Module):
     """Stands in for the trained gate: returns the true per-patch residual RMS of
-    (eps_fresh - eps_cached), (B, Hp, Wp), the quantity the gate is trained to predict, computed
-    with a dense forward of the guided eps. Its MACs are reported as the trained gate's, so the
-    MAC accounting is the shipped sampler's."""
+    (eps_fresh - eps_skip), (B, Hp, Wp), the quantity the gate is trained to predict, computed
+    with a dense forward of the guided eps. eps_skip is the eps a skip would use, as the sampler
+    reports it through select_images (the cached eps if it does not). Its MACs are reported as the
+    trained gate's, so the MAC accounting is the shipped sampler's."""
 
     def __init__(self, model: NitroGenModel, labels: torch.Tensor, cfg_scale: float):
         super().__init__()
@@ -59,17 +61,20 @@ class OracleGate(nn.Module):
         self.net, self.config = model.net, model.config
         self.labels, self.cfg_scale = labels, cfg_scale
         self.rows: torch.Tensor | None = None
+        self.skipped_eps: torch.Tensor | None = None
         self.schedule = Schedule(model.config.train_timesteps)
 
-    def select_images(self, rows: torch.Tensor) -> None:
+    def select_images(self, rows: torch.Tensor, skipped_eps: torch.Tensor | None = None) -> None:
         """Called by the sampler before each gate call: the batch rows (n,) it is about to see
-        (images sitting the step out, or short of budget, are not gated)."""
-        self.rows = rows
+        (images sitting the step out, or short of budget, are not gated), and the eps (n, C, H, W)
+        those rows would use where skipped."""
+        self.rows, self.skipped_eps = rows, skipped_eps
 
     def forward(self, x_t, t, eps_cached, eps_delta):
         B, cfg = x_t.shape[0], self.config
         labels = self.labels if self.rows is None else self.labels[self.rows]
-        self.rows = None
+        skipped_eps = eps_cached if self.skipped_eps is None else self.skipped_eps
+        self.rows = self.skipped_eps = None
         if B != len(labels):
             raise RuntimeError(f"oracle gate called on {B} images, set up for {len(labels)}")
         guided = self.cfg_scale != 1.0
@@ -81,7 +86,7 @@ class OracleGate(nn.Module):
         alpha, sigma = self.schedule.alpha_sigma(int(t[0]))
         eps, _ = split_prediction(sampler_module._guide(out, self.cfg_scale), x_t.float(), alpha, sigma,
                                   cfg.prediction)                                   # (B, C, H, W)
-        diff = (eps - eps_cached.float()).square().mean(1, keepdim=True)            # (B, 1, H, W)
+        diff = (eps - skipped_eps.float()).square().mean(1, keepdim=True)           # (B, 1, H, W)
         return F.avg_pool2d(diff, cfg.patch_size)[:, 0].sqrt()                      # (B, Hp, Wp)
 
     def macs(self) -> int:
@@ -130,7 +135,7 @@ def variant(model: NitroGenModel, name: str, labels: torch.Tensor, cfg_scale: fl
         if name.endswith("+ exact"):
             shipped = model.executor
             stack.enter_context(mock.patch.object(
-                model, "executor", lambda record: ExactExecutor(shipped(record), model.net)))
+                model, "executor", lambda record, **kw: ExactExecutor(shipped(record, **kw), model.net)))
         yield
 
 
@@ -172,7 +177,7 @@ def run_bound(ckpt_path: str, seeds: int, taus: tuple[float, ...], log=print) ->
             for tau in taus:
                 add(name, tau, SamplerSettings(threshold=tau, **base, **guards), ck.width_schedule)
     for tau in CACHE_TAUS:
-        add("cache", tau, SamplerSettings(mode="cache", threshold=tau, **base))
+        add("cache", tau, SamplerSettings(mode="cache", threshold=tau, forecast=guards.get("forecast", 0.0), **base))
     return {"rows": rows, "backbone": backbone, "ckpt": display_path(str(ckpt_path)), "seeds": seeds,
             "images": len(labels), "steps": steps, "cfg": cfg_scale}
 

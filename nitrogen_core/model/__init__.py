@@ -28,12 +28,15 @@ class NitroGenModel(nn.Module):
         """The backbone, whichever it is: forward(x, t, labels, width) -> prediction (B, C, H, W)."""
         return self.dit if self.config.backbone == "dit" else self.unet
 
-    def executor(self, record: bool):
+    def executor(self, record: bool, kv_forecast: float = 0.0):
         """The sampler's executor for this backbone (sparse.UNetExecutor's interface): dense and
-        sparse forwards over its units, with its activation cache (none when `record` is False)."""
+        sparse forwards over its units, with its activation cache (none when `record` is False).
+        kv_forecast: the transformer's forecast of the keys/values of tokens a step leaves out."""
         if self.config.backbone == "dit":
             from ..token_sparse import DiTExecutor     # built on model/: imported when used
-            return DiTExecutor(self.dit, record)
+            return DiTExecutor(self.dit, record, kv_forecast)
+        if kv_forecast:
+            raise ValueError(f"kv_forecast={kv_forecast} applies to the transformer; this model is a U-Net")
         from ..sparse import UNetExecutor
         return UNetExecutor(self.unet, record)
 

@@ -62,6 +62,14 @@ def add_train_parser(subparsers) -> None:
     st.add_argument("--refresh-every", type=_non_negative_int, default=3,
                     help="the dense refresh period the checkpoint recommends (0: none after warm-up); the "
                          "default threshold is calibrated with it (default 3)")
+    st.add_argument("--forecast", type=float, default=0.0, metavar="F",
+                    help="the eps forecast strength the checkpoint recommends (0..1; 0: a skipped unit reuses "
+                         "its last eps, 1: it continues the line through its last two); the gate learns the "
+                         "error of what a skip uses and the default threshold is calibrated with it (default 0)")
+    st.add_argument("--kv-forecast", type=float, default=0.0, metavar="F",
+                    help="transformer only: the key/value forecast strength the checkpoint recommends (0..1; "
+                         "0: tokens a sparse step leaves out lend their stale keys/values); the default "
+                         "threshold is calibrated with it (default 0)")
     st.add_argument("--cfg", type=float, default=1.5,
                     help="the guidance scale the checkpoint recommends; the width schedule, the gate's own "
                          "trajectories and the default threshold are calibrated at it (default 1.5)")
@@ -95,10 +103,15 @@ def cmd_train_student(args) -> int:
     lo, hi = LIMITS["cfg"]
     if not (math.isfinite(args.cfg) and lo <= args.cfg <= hi):
         raise NitroGenInputError(f"--cfg {args.cfg} is out of range; allowed {lo:g}..{hi:g}")
+    if not (math.isfinite(args.forecast) and 0.0 <= args.forecast <= 1.0):
+        raise NitroGenInputError(f"--forecast {args.forecast} is out of range; allowed 0..1")
+    if not (math.isfinite(args.kv_forecast) and 0.0 <= args.kv_forecast <= 1.0):
+        raise NitroGenInputError(f"--kv-forecast {args.kv_forecast} is out of range; allowed 0..1")
     train_student(StudentSettings(teacher=args.teacher, data=args.data, out_dir=args.out, steps=args.steps,
                                   batch=args.batch, minutes=args.minutes, seed=args.seed,
                                   width_error_bound=args.width_error_bound,
                                   gate_trajectories=args.gate_trajectories, gate_steps=args.gate_steps,
-                                  refresh_every=args.refresh_every, sample_cfg=args.cfg,
+                                  refresh_every=args.refresh_every, forecast=args.forecast,
+                                  kv_forecast=args.kv_forecast, sample_cfg=args.cfg,
                                   sample_every=args.sample_every))
     return 0

@@ -41,7 +41,7 @@ from ..config import NitroGenConfig
 from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
-from ..sampler import image_weights, make_noise, width_for_step
+from ..sampler import EpsForecast, ddim_step, image_weights, make_noise, width_for_step
 from .common import (RunDir, Timer, all_mean, batch_indices, ema_update, init_distributed, learning_rate,
                      optimizer_step, restore_run, save_run, set_learning_rate, step_generator)
 from .data import load_image_folder
@@ -79,6 +79,9 @@ class StudentSettings:
     gate_trajectories: int = 48
     gate_steps: int = 1500
     refresh_every: int = 3          # recommended dense refresh period; the threshold is calibrated with it
+    forecast: float = 0.0           # recommended eps forecast strength (sampler.EpsForecast); the gate learns the
+                                    # forecast's error and the threshold is calibrated with it
+    kv_forecast: float = 0.0        # transformer: recommended key/value forecast strength (token_sparse.KVForecast)
 
 
 # -- 1. distillation ---------------------------------------------------------------------------------
@@ -168,13 +171,16 @@ def choose_width_schedule(errors: dict[float, list[float]], step_weight: list[fl
 @torch.no_grad()
 def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n: int, steps: int,
                       cfg_scale: float, seed: int, batch: int = 16, policy=None,
-                      taus: tuple[float, ...] = ON_POLICY_TAUS) -> dict[str, torch.Tensor]:
+                      taus: tuple[float, ...] = ON_POLICY_TAUS, forecast: float = 0.0) -> dict[str, torch.Tensor]:
     """Gate inputs and per-patch targets along sampler-like trajectories.
 
     policy None: random skip patterns (a keep probability per batch), which explore states the
     sampler rarely reaches. policy = a gate: its own decisions at a threshold drawn per batch from
     `taus`, by the sampler's rule (a block is recomputed when its worst patch's predicted residual
     times the step's image weight reaches tau, or after max_skips skips in a row).
+
+    The target is the per-patch RMS of fresh eps minus the eps a skip would use: the last computed
+    eps, or with `forecast` > 0 its forecast (sampler.EpsForecast), which skipped units also step with.
 
     Returns x (N, C, H, W), t (N,), eps_cached, eps_delta, target (N, Hp, Wp) over all gated steps.
     """
@@ -190,8 +196,9 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
         B = min(batch, n - start)
         x = make_noise(cfg, B, seed * 7919 + start)
         labels = torch.tensor([rng.randrange(cfg.num_classes) for _ in range(B)])
-        eps_cached = torch.zeros_like(x)
+        eps_cached = torch.zeros_like(x)                                   # last computed eps
         eps_delta = torch.zeros_like(x)
+        eps_forecast = EpsForecast(x, forecast)
         skip_run = torch.zeros(B, nb, nb, dtype=torch.long)
         warmup, refresh, max_skips = rng.choice([1, 2, 3]), rng.choice([0, 4, 5, 8]), rng.choice([2, 3, 4])
         keep_prob = rng.uniform(0.1, 0.9)             # random policy: how often a block is recomputed
@@ -202,7 +209,7 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
             fresh_eps, fresh_x0 = guided_eps(net, x, t, labels, width, cfg_scale, schedule, cfg)
             dense = i < warmup or width != prev_width or (refresh and (i - warmup) % refresh == 0)
             if not dense:                              # this is a step the gate decides: record it
-                diff = (fresh_eps - eps_cached).square().mean(1, keepdim=True)          # (B, 1, H, W)
+                diff = (fresh_eps - eps_forecast.skipped()).square().mean(1, keepdim=True)   # (B, 1, H, W)
                 rows["x"].append(x.clone())
                 rows["t"].append(torch.full((B,), float(t)))
                 rows["eps_cached"].append(eps_cached.clone())
@@ -219,11 +226,10 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
                 blocks = torch.ones(B, nb, nb, dtype=torch.bool)
             computed = blocks.repeat_interleave(cfg.block_size, 1).repeat_interleave(cfg.block_size, 2)[:, None]
             eps_delta = torch.where(computed, fresh_eps - eps_cached, eps_delta)
-            eps_cached = torch.where(computed, fresh_eps, eps_cached)
+            eps_cached, eps = eps_forecast.step(fresh_eps, computed)
             alpha, sigma = schedule.alpha_sigma(t)
-            x0 = torch.where(computed, fresh_x0, (x - sigma * eps_cached) / alpha)
             a_prev, s_prev = schedule.alpha_sigma(timesteps[i + 1] if i + 1 < steps else -1)
-            x = a_prev * x0 + s_prev * eps_cached
+            x, _ = ddim_step(x, eps, fresh_x0, computed, alpha, sigma, a_prev, s_prev)
             skip_run = torch.where(blocks, torch.zeros_like(skip_run), skip_run + 1)
             prev_width = width
     return {k: torch.cat(v) for k, v in rows.items()}
@@ -283,6 +289,9 @@ def train_student(s: StudentSettings) -> dict:
     teacher_ck = load_checkpoint(s.teacher)
     if teacher_ck.kind != "teacher":
         raise NitroGenInputError(f"--teacher {s.teacher!r} is a {teacher_ck.kind!r} checkpoint; give the teacher")
+    if s.kv_forecast and teacher_ck.config.backbone != "dit":
+        raise NitroGenInputError(f"--kv-forecast {s.kv_forecast} applies to the transformer backbone; "
+                                 f"{s.teacher!r} is a {teacher_ck.config.backbone!r} (use 0)")
     data = load_image_folder(s.data, teacher_ck.config.image_size)
     if tuple(data.classes) != tuple(teacher_ck.labels):
         raise NitroGenInputError(f"--data classes {list(data.classes)} differ from the teacher's labels "
@@ -358,7 +367,8 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     print(f"width schedule {width_schedule} (bound {s.width_error_bound})", file=sys.stderr)
 
     print(f"collecting gate trajectories ({s.gate_trajectories} train + 16 held out)", file=sys.stderr)
-    trajectories = dict(model=student, width_schedule=width_schedule, steps=s.sample_steps, cfg_scale=s.sample_cfg)
+    trajectories = dict(model=student, width_schedule=width_schedule, steps=s.sample_steps, cfg_scale=s.sample_cfg,
+                        forecast=s.forecast)
     train_set = gate_trajectories(n=s.gate_trajectories, seed=s.seed + 2, **trajectories)
     held_out = gate_trajectories(n=16, seed=s.seed + 3, **trajectories)
     torch.manual_seed(s.seed)
@@ -381,7 +391,8 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     print(f"choosing the default threshold on {s.tau_images} images: {rule.text()}", file=sys.stderr)
     counts = list(data.counts().values())
     tau_labels = proportional_labels(counts, s.tau_images)
-    base, say = {"refresh_every": s.refresh_every}, lambda m: print(m, file=sys.stderr, flush=True)
+    base = {"refresh_every": s.refresh_every, "forecast": s.forecast, "kv_forecast": s.kv_forecast}
+    say = lambda m: print(m, file=sys.stderr, flush=True)
     sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg, tau_labels, stop_rule=rule,
                             base=base, log=say)
     threshold, confirmation = confirm_threshold(student, width_schedule, s.sample_steps, s.sample_cfg, tau_labels,
@@ -404,6 +415,8 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
                            "class_counts": counts,
                            "commit": _git_commit()},
                     sampler={"steps": s.sample_steps, "cfg": s.sample_cfg, "threshold": threshold,
-                             "refresh_every": s.refresh_every})
+                             "refresh_every": s.refresh_every,
+                             **({"forecast": s.forecast} if s.forecast else {}),
+                             **({"kv_forecast": s.kv_forecast} if s.kv_forecast else {})})
     print(f"student done: {out}", file=sys.stderr)
     return {"step": s.steps, "done": True, "checkpoint": str(out), **summary}
