@@ -28,11 +28,12 @@ The cache belongs to one width; a width change needs a dense step.
 Fused pieces go through kernels/ (gather of the active tokens' pixels, ln_modulate, gated_add),
 torch on the CPU, Triton on CUDA.
 
-NOTE (speed, `bench kernels --preset emoji32-dit --threads 1 --repeats 9`, batch 16, CPU shared
-with other jobs): a sparse step at active fraction a took 0.720 / 0.517 / 0.266 / 0.158 of a dense
-forward at a = 0.75 / 0.5 / 0.25 / 0.1 (target 1.15 a: met down to 0.25, missed at 0.1). The floor,
-one unit per image, is 0.112 of dense: every step reads all weights (13.8 MB) and every cached
-key/value (9.4 MB at batch 16) whatever is active, plus ~20 small ops per block.
+NOTE (speed, `bench kernels --preset emoji32-dit --threads 1 --repeats 9`, batch 16, CPU otherwise
+idle): a sparse step at active fraction a took 0.803 / 0.498 / 0.273 / 0.157 of a dense forward at
+a = 0.75 / 0.5 / 0.25 / 0.1 (target 1.15 a: met down to 0.25, missed at 0.1). The floor, one unit
+per image, is 0.105 of dense: every step reads all weights (13.8 MB) and every cached key/value
+(9.4 MB at batch 16) whatever is active, plus ~20 small ops per block. KVForecast (off by
+default) adds elementwise passes over every cached key/value; its time is not in these figures.
 """
 from __future__ import annotations
 
