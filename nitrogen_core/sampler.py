@@ -217,9 +217,6 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
                                  f"does not enforce one (use budget=1.0 or mode='adaptive')")
 
     # MAC accounting: full compute is the width-1.0 dense forward every step, both CFG halves.
-    if settings.kv_forecast and cfg.backbone != "dit":
-        raise NitroGenInputError(f"kv_forecast={settings.kv_forecast} applies to the transformer backbone; "
-                                 f"this model is a {cfg.backbone!r} (use 0)")
     executor = model.executor(record=may_go_sparse, kv_forecast=settings.kv_forecast)
     dense_above = executor.dense_above if settings.dense_above is None else settings.dense_above
     full_cost = executor.costs(1.0).dense * halves

@@ -142,8 +142,9 @@ def build_configs(steps: int, cfg_scale: float, schedule, sweep, default_tau: fl
                 for t in taus]
     # Step caching gets the same eps forecast as the adaptive sampler (sampler.EpsForecast): it is
     # not specific to per-unit skipping, and it helps step caching as much.
-    cache = dict(forecast=(guards or {}).get("forecast", 0.0))
-    configs += [Config("cache", SamplerSettings(mode="cache", threshold=t, **base, **cache), t) for t in cache_taus]
+    forecast = (guards or {}).get("forecast", 0.0)
+    configs += [Config("cache", SamplerSettings(mode="cache", threshold=t, forecast=forecast, **base), t)
+                for t in cache_taus]
     configs += [Config("slim", SamplerSettings(mode="full", width=0.5, **base), None)]
     ks = sorted({max(1, min(steps - 1, round(f * steps))) for f in fractions})
     configs += [Config("uniform", SamplerSettings(mode="full", steps=k, cfg=cfg_scale), None) for k in ks]

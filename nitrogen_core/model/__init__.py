@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..config import NitroGenConfig
+from ..errors import NitroGenInputError
 from .dit import DiT
 from .gate import Gate
 from .ops import DenseOps, MacCounter, Ops
@@ -36,7 +37,8 @@ class NitroGenModel(nn.Module):
             from ..token_sparse import DiTExecutor     # built on model/: imported when used
             return DiTExecutor(self.dit, record, kv_forecast)
         if kv_forecast:
-            raise ValueError(f"kv_forecast={kv_forecast} applies to the transformer; this model is a U-Net")
+            raise NitroGenInputError(f"kv_forecast={kv_forecast} applies to the transformer backbone; "
+                                     f"this model is a {self.config.backbone!r} (use 0)")
         from ..sparse import UNetExecutor
         return UNetExecutor(self.unet, record)
 

@@ -391,7 +391,9 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     print(f"choosing the default threshold on {s.tau_images} images: {rule.text()}", file=sys.stderr)
     counts = list(data.counts().values())
     tau_labels = proportional_labels(counts, s.tau_images)
-    base = {"refresh_every": s.refresh_every, "forecast": s.forecast, "kv_forecast": s.kv_forecast}
+    # the guards the threshold is calibrated with, stored as the checkpoint recommends them
+    base = {"refresh_every": s.refresh_every,
+            **{k: v for k, v in (("forecast", s.forecast), ("kv_forecast", s.kv_forecast)) if v}}
     say = lambda m: print(m, file=sys.stderr, flush=True)
     sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg, tau_labels, stop_rule=rule,
                             base=base, log=say)
@@ -414,9 +416,6 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
                            "width_error_bound": s.width_error_bound, "gate_log_rmse": report["log_rmse"],
                            "class_counts": counts,
                            "commit": _git_commit()},
-                    sampler={"steps": s.sample_steps, "cfg": s.sample_cfg, "threshold": threshold,
-                             "refresh_every": s.refresh_every,
-                             **({"forecast": s.forecast} if s.forecast else {}),
-                             **({"kv_forecast": s.kv_forecast} if s.kv_forecast else {})})
+                    sampler={"steps": s.sample_steps, "cfg": s.sample_cfg, "threshold": threshold, **base})
     print(f"student done: {out}", file=sys.stderr)
     return {"step": s.steps, "done": True, "checkpoint": str(out), **summary}
