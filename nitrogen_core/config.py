@@ -44,6 +44,8 @@ class NitroGenConfig:
     block_size: int = 8                       # sparse execution block edge in image pixels (merges patches)
     sparse_levels: tuple[int, ...] = (0, 1)   # resolution levels that execute sparsely
     gate_channels: int = 16
+    gate_age: bool = False                    # the gate also sees each patch's age (steps since it was computed;
+                                              # model/gate.py); opt-in: `train gate --gate-age`
 
     def __post_init__(self) -> None:
         problems = []
@@ -134,7 +136,10 @@ class NitroGenConfig:
                 if not isinstance(value, (list, tuple)):
                     raise ValueError(f"config key {name!r} must be a list, got {value!r}")
                 value = tuple(value)
-            elif isinstance(default, bool) or not isinstance(value, type(default)):
+            elif isinstance(default, bool) or isinstance(value, bool):
+                if not (isinstance(default, bool) and isinstance(value, bool)):    # no 1 for True, no True for 1
+                    raise ValueError(f"config key {name!r} must be {type(default).__name__}, got {value!r}")
+            elif not isinstance(value, type(default)):
                 if not (isinstance(default, float) and isinstance(value, int)):
                     raise ValueError(f"config key {name!r} must be {type(default).__name__}, got {value!r}")
             kwargs[name] = value

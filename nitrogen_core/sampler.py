@@ -281,9 +281,10 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
             if len(rows):
                 if hasattr(gate, "select_images"):           # a diagnostic gate (bench bound's oracle) needs
                     gate.select_images(rows, forecast.skipped()[rows])   # the images it sees, and their skip eps
+                age = _blocks_to_patches(skip_run[rows] + 1, per_block)       # (Bg, Hp, Wp) steps since computed
                 with torch.no_grad():
                     r = gate(x[rows].to(dtype), t_batch[rows].to(dtype), eps_cached[rows].to(dtype),
-                             eps_delta[rows].to(dtype)).float().cpu()              # (Bg, Hp, Wp)
+                             eps_delta[rows].to(dtype), age.to(device)).float().cpu()   # (Bg, Hp, Wp)
                 r_block = torch.zeros(B, nb, nb)
                 r_block[rows] = F.max_pool2d(r[:, None], per_block)[:, 0]     # (B, nb, nb): worst patch per block
                 step_macs[rows] += gate_cost

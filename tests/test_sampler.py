@@ -63,7 +63,7 @@ class ConstantGate(nn.Module):
         self.cfg, self.value, self._macs = real_gate.cfg, value, real_gate.macs()
         self.calls = 0
 
-    def forward(self, x_t, t, eps_cached, eps_delta):
+    def forward(self, x_t, t, eps_cached, eps_delta, age=None):
         self.calls += 1
         g = self.cfg.image_size // self.cfg.patch_size
         return torch.full((x_t.shape[0], g, g), self.value)
@@ -335,7 +335,7 @@ def test_threshold_zero_with_budget_trims_without_gate(model, noise, labels):
 class LeftHalfGate(ConstantGate):
     """Predicts a huge residual on the left half of the patch grid and none on the right."""
 
-    def forward(self, x_t, t, eps_cached, eps_delta):
+    def forward(self, x_t, t, eps_cached, eps_delta, age=None):
         self.calls += 1
         g = self.cfg.image_size // self.cfg.patch_size
         r = torch.zeros(x_t.shape[0], g, g)
@@ -494,7 +494,7 @@ class PatchNormGate(ConstantGate):
     """Predicts each patch's RMS of x_t: differs between images and patches, deterministically, so
     images in one batch get different decisions (the tiny model's own gate predicts ~0.6 everywhere)."""
 
-    def forward(self, x_t, t, eps_cached, eps_delta):
+    def forward(self, x_t, t, eps_cached, eps_delta, age=None):
         p = self.cfg.patch_size
         return torch.nn.functional.avg_pool2d(x_t.float().square().mean(1, keepdim=True), p)[:, 0].sqrt()
 

@@ -2,6 +2,7 @@
 torchrun keeps ranks identical, and the student's schedule/gate helpers do what they say."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,8 +23,8 @@ from nitrogen_core.errors import NitroGenInputError
 from nitrogen_core.sampler import image_weights
 from nitrogen_core.train.common import Dist, batch_indices, learning_rate
 from nitrogen_core.bench.tau import TailRule, calibrate, choose_threshold, from_student_run, markdown
-from nitrogen_core.train.student import (StudentSettings, choose_width_schedule, gate_report, gate_trajectories,
-                                         sandwich_widths, train_student)
+from nitrogen_core.train.student import (GateSettings, StudentSettings, choose_width_schedule, gate_report,
+                                         gate_trajectories, retrain_gate, sandwich_widths, train_student)
 from nitrogen_core.train.teacher import TeacherSettings, train_teacher
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,6 +89,7 @@ def test_student_exports_gate_and_schedule(tiny_data, teacher_run, tmp_path):
     result = train_student(s)
     ck = load_checkpoint(tmp_path / "student.safetensors")
     assert ck.kind == "student" and ck.labels == ("blue", "green", "red")
+    assert ck.config == load_checkpoint(teacher_run / "teacher.safetensors").config   # a 9-input gate, as before
     assert ck.sampler["refresh_every"] == 0 and ck.sampler["threshold"] == result["threshold"]
     assert ck.recommended_guards() == {"refresh_every": 0, "forecast": 0.5}   # tau was calibrated with them
     assert ck.sampler["cfg"] == 2.0                             # `train student --cfg`: calibrated at it
@@ -208,7 +210,7 @@ def test_gate_targets_with_a_forecast_are_the_forecasts_errors(teacher_run):
     ck = load_checkpoint(teacher_run / "teacher.safetensors")
     cfg = ck.config
     grid = cfg.image_size // cfg.patch_size
-    everywhere = lambda x, t, eps_cached, eps_delta: torch.full((x.shape[0], grid, grid), 1e3)
+    everywhere = lambda x, t, eps_cached, eps_delta, age=None: torch.full((x.shape[0], grid, grid), 1e3)
     reuse = gate_trajectories(ck.model, (1.0,), n=2, steps=8, cfg_scale=1.5, seed=0, policy=everywhere)
     ahead = gate_trajectories(ck.model, (1.0,), n=2, steps=8, cfg_scale=1.5, seed=0, policy=everywhere,
                               forecast=1.0)
@@ -239,7 +241,7 @@ def test_on_policy_trajectories_follow_the_gates_decisions(teacher_run):
     grid = cfg.image_size // cfg.patch_size
 
     def constant(value):
-        return lambda x, t, eps_cached, eps_delta: torch.full((x.shape[0], grid, grid), value)
+        return lambda x, t, eps_cached, eps_delta, age=None: torch.full((x.shape[0], grid, grid), value)
 
     def cached_changes(policy):
         data = gate_trajectories(ck.model, (1.0,), n=2, steps=8, cfg_scale=1.5, seed=0, policy=policy)
@@ -292,6 +294,50 @@ def test_choose_threshold_by_the_tail_rule():
     assert choose_threshold(rows, TailRule(70.0, 20.0)) == 0.0
 
 
+@pytest.fixture(scope="module")
+def student_file(tiny_data, teacher_run, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("student")
+    train_student(StudentSettings(teacher=str(teacher_run / "teacher.safetensors"), data=str(tiny_data),
+                                  out_dir=str(run), steps=1, batch=4, warmup=1, sample_every=10_000,
+                                  gate_trajectories=2, gate_steps=2, sample_steps=6, tau_images=3, sample_cfg=2.0))
+    return run / "student.safetensors"
+
+
+def test_train_gate_keeps_the_student_and_recalibrates(tiny_data, student_file, tmp_path):
+    """`train gate`: a new gate (here age-aware) and threshold for a finished student, without its
+    teacher; the network, labels and width schedule are the student's."""
+    before = load_checkpoint(student_file)
+    assert not before.config.gate_age
+    result = retrain_gate(GateSettings(student=str(student_file), data=str(tiny_data), out_dir=str(tmp_path / "g"),
+                                       gate_trajectories=2, gate_steps=3, tau_images=3, forecast=1.0, gate_age=True))
+    ck = load_checkpoint(tmp_path / "g" / "student.safetensors")
+    assert ck.kind == "student" and ck.config == dataclasses.replace(before.config, gate_age=True)
+    assert ck.labels == before.labels
+    assert ck.width_schedule == before.width_schedule
+    assert ck.sampler == {"steps": before.sampler["steps"], "cfg": 2.0, "threshold": result["threshold"], "refresh_every": 3,
+                          "forecast": 1.0}                      # the student's steps and cfg, the new guards
+    new, orig = ck.model.net.state_dict(), before.model.net.state_dict()
+    assert all(torch.equal(new[k], orig[k]) for k in orig)      # the network is untouched
+    assert ck.train["stage"] == "gate" and ck.train["student_train"]["stage"] == "student"
+    assert ck.train["class_counts"] == [4, 4, 4]
+    assert json.loads((tmp_path / "g" / "calibration.json").read_text())["threshold"] == result["threshold"]
+
+
+def test_train_gate_refuses_bad_input(tiny_data, teacher_run, student_file, tmp_path):
+    teacher = str(teacher_run / "teacher.safetensors")
+    with pytest.raises(NitroGenInputError, match=r"--student .*teacher.safetensors' is a 'teacher' checkpoint; "
+                                                  r"give a student") as info:
+        retrain_gate(GateSettings(student=teacher, data=str(tiny_data), out_dir=str(tmp_path / "a")))
+    assert "\n" not in str(info.value)
+    with pytest.raises(NitroGenInputError, match="--kv-forecast 1.0 applies to the transformer backbone"):
+        retrain_gate(GateSettings(student=str(student_file), data=str(tiny_data), out_dir=str(tmp_path / "b"),
+                                  kv_forecast=1.0))
+    other = write_disc_dataset(tmp_path / "other", 2, lambda i: (5 + 2 * i, 8), {"cyan": (0, 200, 200)})
+    with pytest.raises(NitroGenInputError, match=r"--data classes \['cyan'\] differ from the student's labels"):
+        retrain_gate(GateSettings(student=str(student_file), data=str(other), out_dir=str(tmp_path / "c")))
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
 def test_a_run_started_before_a_config_field_existed_resumes(tiny_data, tmp_path):
     """Code that adds a config field (at its default) must not refuse a run it already started:
     the saved config is resolved as the current code reads it before comparing."""
@@ -309,19 +355,27 @@ def test_a_run_started_before_a_config_field_existed_resumes(tiny_data, tmp_path
         train_teacher(teacher_settings(tiny_data, tmp_path))
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (("--cfg", "99"), "--cfg 99.0 is out of range; allowed 0..30"),
-    (("--cfg", "nan"), "--cfg nan is out of range"),
-    (("--cfg", "x"), "argument --cfg: invalid float value: 'x'"),
-    (("--width-error-bound", "0"), "--width-error-bound 0.0 must be a positive number"),
-    (("--forecast", "1.5"), "--forecast 1.5 is out of range; allowed 0..1"),
-    (("--forecast", "nan"), "--forecast nan is out of range"),
-    (("--kv-forecast", "-1"), "--kv-forecast -1.0 is out of range; allowed 0..1"),
-])
-def test_student_cli_bad_flags_are_one_line_errors(tmp_path, flags, needle):
-    proc = subprocess.run([sys.executable, "-m", "nitrogen_core", "train", "student", "--teacher", "t.safetensors",
+STUDENT = ("student", "--teacher", "t.safetensors")
+GATE = ("gate", "--student", "s.safetensors")
+
+
+@pytest.mark.parametrize("command, flags, needle", [
+    (STUDENT, ("--cfg", "99"), "--cfg 99.0 is out of range; allowed 0..30"),
+    (STUDENT, ("--cfg", "nan"), "--cfg nan is out of range"),
+    (STUDENT, ("--cfg", "x"), "argument --cfg: invalid float value: 'x'"),
+    (STUDENT, ("--width-error-bound", "0"), "--width-error-bound 0.0 must be a positive number"),
+    (STUDENT, ("--forecast", "1.5"), "--forecast 1.5 is out of range; allowed 0..1"),
+    (STUDENT, ("--forecast", "nan"), "--forecast nan is out of range"),
+    (STUDENT, ("--kv-forecast", "-1"), "--kv-forecast -1.0 is out of range; allowed 0..1"),
+    (GATE, ("--cfg", "99"), "--cfg 99.0 is out of range; allowed 0..30"),
+    (GATE, ("--forecast", "-0.5"), "--forecast -0.5 is out of range; allowed 0..1"),
+    (GATE, ("--kv-forecast", "inf"), "--kv-forecast inf is out of range; allowed 0..1"),
+    (GATE, ("--gate-steps", "0"), "argument --gate-steps: expected an integer >= 1, got 0"),
+], ids=lambda v: v[0] if isinstance(v, tuple) and v in (STUDENT, GATE) else None)
+def test_train_cli_bad_flags_are_one_line_errors(tmp_path, command, flags, needle):
+    proc = subprocess.run([sys.executable, "-m", "nitrogen_core", "train", *command,
                            "--data", str(tmp_path), "--out", str(tmp_path / "run"), *flags],
-                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert "error:" in lines[-1] and needle in lines[-1], proc.stderr

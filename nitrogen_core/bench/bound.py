@@ -70,7 +70,7 @@ class OracleGate(nn.Module):
         those rows would use where skipped."""
         self.rows, self.skipped_eps = rows, skipped_eps
 
-    def forward(self, x_t, t, eps_cached, eps_delta):
+    def forward(self, x_t, t, eps_cached, eps_delta, age=None):
         B, cfg = x_t.shape[0], self.config
         labels = self.labels if self.rows is None else self.labels[self.rows]
         skipped_eps = eps_cached if self.skipped_eps is None else self.skipped_eps

@@ -1,4 +1,4 @@
-"""`train teacher` and `train student` argument parsing; the stages import lazily."""
+"""`train teacher`, `train student` and `train gate` argument parsing; the stages import lazily."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +34,7 @@ def _minutes(text: str) -> float:
 def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the teacher, then the student + gate",
                               description="Two-stage training. Rerun the same command to resume a run.")
-    sub = p.add_subparsers(dest="train_command", required=True, metavar="{teacher,student}")
+    sub = p.add_subparsers(dest="train_command", required=True, metavar="{teacher,student,gate}")
 
     t = sub.add_parser("teacher", help="stage 1: full-width teacher")
     t.add_argument("--data", required=True, help="ImageFolder dataset (DIR/<class>/*.png), e.g. from `data emoji`")
@@ -59,25 +59,46 @@ def add_train_parser(subparsers) -> None:
     st.add_argument("--width-error-bound", type=float, default=0.01,
                     help="max extra final-image error (pixels in [-1, 1]) a narrower width may add per "
                          "trajectory segment, vs width 1.0 (default 0.01)")
-    st.add_argument("--refresh-every", type=_non_negative_int, default=3,
-                    help="the dense refresh period the checkpoint recommends (0: none after warm-up); the "
-                         "default threshold is calibrated with it (default 3)")
-    st.add_argument("--forecast", type=float, default=0.0, metavar="F",
-                    help="the eps forecast strength the checkpoint recommends (0..1; 0: a skipped unit reuses "
-                         "its last eps, 1: it continues the line through its last two); the gate learns the "
-                         "error of what a skip uses and the default threshold is calibrated with it (default 0)")
-    st.add_argument("--kv-forecast", type=float, default=0.0, metavar="F",
-                    help="transformer only: the key/value forecast strength the checkpoint recommends (0..1; "
-                         "0: tokens a sparse step leaves out lend their stale keys/values); the default "
-                         "threshold is calibrated with it (default 0)")
     st.add_argument("--cfg", type=float, default=1.5,
                     help="the guidance scale the checkpoint recommends; the width schedule, the gate's own "
                          "trajectories and the default threshold are calibrated at it (default 1.5)")
-    st.add_argument("--gate-trajectories", type=_positive_int, default=48)
-    st.add_argument("--gate-steps", type=_positive_int, default=1500)
-    st.add_argument("--seed", type=int, default=0)
+    _add_calibration_arguments(st)
     st.add_argument("--sample-every", type=_positive_int, default=250, help="sample grid every K steps")
     st.set_defaults(func=cmd_train_student)
+
+    gt = sub.add_parser("gate", help="a new gate and default threshold for a finished student (no teacher needed)",
+                        description="Retrain the gate of a student checkpoint and choose its default threshold "
+                                    "by the tail rule; the student's network and "
+                                    "width schedule are kept. Writes OUT/student.safetensors and "
+                                    "OUT/calibration.json.")
+    gt.add_argument("--student", required=True, help="student checkpoint, e.g. a bundled one")
+    gt.add_argument("--data", required=True, help="the student's ImageFolder dataset (its classes, in order)")
+    gt.add_argument("--out", required=True, help="output folder")
+    gt.add_argument("--cfg", type=float, default=None,
+                    help="guidance scale to calibrate at (default: the checkpoint's recommended one)")
+    gt.add_argument("--gate-age", action="store_true",
+                    help="the new gate also reads each patch's age (steps since it was computed): a better "
+                         "predictor, but on the bundled transformer not a better default (README)")
+    _add_calibration_arguments(gt)
+    gt.set_defaults(func=cmd_train_gate)
+
+
+def _add_calibration_arguments(p) -> None:
+    """The guards and gate-data flags `train gate` shares with `train student`."""
+    p.add_argument("--refresh-every", type=_non_negative_int, default=3,
+                   help="the dense refresh period the checkpoint recommends (0: none after warm-up); the "
+                        "default threshold is calibrated with it (default 3)")
+    p.add_argument("--forecast", type=float, default=0.0, metavar="F",
+                   help="the eps forecast strength the checkpoint recommends (0..1; 0: a skipped unit reuses "
+                        "its last eps, 1: it continues the line through its last two); the gate learns the "
+                        "error of what a skip uses and the default threshold is calibrated with it (default 0)")
+    p.add_argument("--kv-forecast", type=float, default=0.0, metavar="F",
+                   help="transformer only: the key/value forecast strength the checkpoint recommends (0..1; "
+                        "0: tokens a sparse step leaves out lend their stale keys/values); the default "
+                        "threshold is calibrated with it (default 0)")
+    p.add_argument("--gate-trajectories", type=_positive_int, default=48)
+    p.add_argument("--gate-steps", type=_positive_int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
 
 
 def cmd_train_teacher(args) -> int:
@@ -93,20 +114,37 @@ def cmd_train_teacher(args) -> int:
     return 0
 
 
+def _check_calibration_arguments(args) -> None:
+    from ..errors import NitroGenInputError
+    from ..sampler import LIMITS
+
+    lo, hi = LIMITS["cfg"]
+    if args.cfg is not None and not (math.isfinite(args.cfg) and lo <= args.cfg <= hi):
+        raise NitroGenInputError(f"--cfg {args.cfg} is out of range; allowed {lo:g}..{hi:g}")
+    if not (math.isfinite(args.forecast) and 0.0 <= args.forecast <= 1.0):
+        raise NitroGenInputError(f"--forecast {args.forecast} is out of range; allowed 0..1")
+    if not (math.isfinite(args.kv_forecast) and 0.0 <= args.kv_forecast <= 1.0):
+        raise NitroGenInputError(f"--kv-forecast {args.kv_forecast} is out of range; allowed 0..1")
+
+
+def cmd_train_gate(args) -> int:
+    from .student import GateSettings, retrain_gate
+
+    _check_calibration_arguments(args)
+    retrain_gate(GateSettings(student=args.student, data=args.data, out_dir=args.out, seed=args.seed,
+                              sample_cfg=args.cfg, gate_trajectories=args.gate_trajectories,
+                              gate_steps=args.gate_steps, refresh_every=args.refresh_every,
+                              forecast=args.forecast, kv_forecast=args.kv_forecast, gate_age=args.gate_age))
+    return 0
+
+
 def cmd_train_student(args) -> int:
     from ..errors import NitroGenInputError
     from .student import StudentSettings, train_student
 
     if not (math.isfinite(args.width_error_bound) and args.width_error_bound > 0):
         raise NitroGenInputError(f"--width-error-bound {args.width_error_bound} must be a positive number")
-    from ..sampler import LIMITS
-    lo, hi = LIMITS["cfg"]
-    if not (math.isfinite(args.cfg) and lo <= args.cfg <= hi):
-        raise NitroGenInputError(f"--cfg {args.cfg} is out of range; allowed {lo:g}..{hi:g}")
-    if not (math.isfinite(args.forecast) and 0.0 <= args.forecast <= 1.0):
-        raise NitroGenInputError(f"--forecast {args.forecast} is out of range; allowed 0..1")
-    if not (math.isfinite(args.kv_forecast) and 0.0 <= args.kv_forecast <= 1.0):
-        raise NitroGenInputError(f"--kv-forecast {args.kv_forecast} is out of range; allowed 0..1")
+    _check_calibration_arguments(args)
     train_student(StudentSettings(teacher=args.teacher, data=args.data, out_dir=args.out, steps=args.steps,
                                   batch=args.batch, minutes=args.minutes, seed=args.seed,
                                   width_error_bound=args.width_error_bound,

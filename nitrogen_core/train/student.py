@@ -29,7 +29,8 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +54,24 @@ SCHEDULE_SEGMENTS = 4
 ON_POLICY_TAUS = (0.001, 0.003, 0.01, 0.03)
 
 
-@dataclass(frozen=True)
-class StudentSettings:
+@dataclass(frozen=True, kw_only=True)
+class CalibrationSettings:
+    """What `train student` and `train gate` share: the gate's data and the default threshold's rule
+    and guards."""
+    seed: int = 0
+    tau_p1_psnr: float = 32.0       # default threshold: the tail rule (bench/tau.py) on PSNR to full compute,
+    tau_worst_psnr: float = 25.0    # 1st percentile >= this and worst image >= that, over
+    tau_images: int = 540           # this many images (>= 512 for a real model; tests use fewer)
+    gate_trajectories: int = 48
+    gate_steps: int = 1500
+    refresh_every: int = 3          # recommended dense refresh period; the threshold is calibrated with it
+    forecast: float = 0.0           # recommended eps forecast strength (sampler.EpsForecast); the gate learns the
+                                    # forecast's error and the threshold is calibrated with it
+    kv_forecast: float = 0.0        # transformer: recommended key/value forecast strength (token_sparse.KVForecast)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentSettings(CalibrationSettings):
     teacher: str
     data: str
     out_dir: str
@@ -65,7 +82,6 @@ class StudentSettings:
     ema: float = 0.998
     label_dropout: float = 0.1
     min_snr: float = 5.0
-    seed: int = 0
     sample_every: int = 250
     save_every: int = 50
     minutes: float | None = None
@@ -73,15 +89,6 @@ class StudentSettings:
     sample_steps: int = 20
     sample_cfg: float = 1.5
     width_error_bound: float = 0.01     # image units: extra final-image error a narrow width may add per segment
-    tau_p1_psnr: float = 32.0       # default threshold: the tail rule (bench/tau.py) on PSNR to full compute,
-    tau_worst_psnr: float = 25.0    # 1st percentile >= this and worst image >= that, over
-    tau_images: int = 540           # this many images (>= 512 for a real model; tests use fewer)
-    gate_trajectories: int = 48
-    gate_steps: int = 1500
-    refresh_every: int = 3          # recommended dense refresh period; the threshold is calibrated with it
-    forecast: float = 0.0           # recommended eps forecast strength (sampler.EpsForecast); the gate learns the
-                                    # forecast's error and the threshold is calibrated with it
-    kv_forecast: float = 0.0        # transformer: recommended key/value forecast strength (token_sparse.KVForecast)
 
 
 # -- 1. distillation ---------------------------------------------------------------------------------
@@ -182,7 +189,8 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
     The target is the per-patch RMS of fresh eps minus the eps a skip would use: the last computed
     eps, or with `forecast` > 0 its forecast (sampler.EpsForecast), which skipped units also step with.
 
-    Returns x (N, C, H, W), t (N,), eps_cached, eps_delta, target (N, Hp, Wp) over all gated steps.
+    Returns x (N, C, H, W), t (N,), eps_cached, eps_delta, age and target (N, Hp, Wp) over all gated
+    steps; age is the steps since each patch was computed (the gate reads it with config.gate_age).
     """
     cfg, net = model.config, model.net
     schedule = Schedule(cfg.train_timesteps)
@@ -191,7 +199,7 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
     rng = random.Random(seed)
     p, nb = cfg.patch_size, cfg.image_size // cfg.block_size
     per_block = cfg.block_size // p
-    rows = {k: [] for k in ("x", "t", "eps_cached", "eps_delta", "target")}
+    rows = {k: [] for k in ("x", "t", "eps_cached", "eps_delta", "age", "target")}
     for start in range(0, n, batch):
         B = min(batch, n - start)
         x = make_noise(cfg, B, seed * 7919 + start)
@@ -214,12 +222,14 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
                 rows["t"].append(torch.full((B,), float(t)))
                 rows["eps_cached"].append(eps_cached.clone())
                 rows["eps_delta"].append(eps_delta.clone())
+                age = (skip_run + 1).repeat_interleave(per_block, 1).repeat_interleave(per_block, 2).float()
+                rows["age"].append(age)                                                   # (B, Hp, Wp)
                 rows["target"].append(F.avg_pool2d(diff, p)[:, 0].sqrt())             # (B, Hp, Wp)
                 if policy is None:
                     gen = torch.Generator().manual_seed(seed * 131 + start * 17 + i)
                     wanted = torch.rand(B, nb, nb, generator=gen) < keep_prob
                 else:
-                    r = policy(x, torch.full((B,), float(t)), eps_cached, eps_delta)          # (B, Hp, Wp)
+                    r = policy(x, torch.full((B,), float(t)), eps_cached, eps_delta, age)     # (B, Hp, Wp)
                     wanted = F.max_pool2d(r[:, None], per_block)[:, 0] * step_weight[i] >= tau  # (B, nb, nb)
                 blocks = wanted | (skip_run >= max_skips)
             else:
@@ -239,14 +249,14 @@ LOG_FLOOR = 1e-3   # residuals below this are all "negligible" to the gate's log
 
 
 def gate_loss(gate, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    pred = gate(batch["x"], batch["t"], batch["eps_cached"], batch["eps_delta"])   # (B, Hp, Wp)
+    pred = gate(batch["x"], batch["t"], batch["eps_cached"], batch["eps_delta"], batch["age"])   # (B, Hp, Wp)
     return (torch.log(pred + LOG_FLOOR) - torch.log(batch["target"] + LOG_FLOOR)).square().mean()
 
 
 @torch.no_grad()
 def gate_report(gate, data: dict[str, torch.Tensor], thresholds: tuple[float, ...]) -> dict:
     """Held-out error of the gate: log-space RMSE, rank correlation proxy, and skip-decision accuracy."""
-    pred = gate(data["x"], data["t"], data["eps_cached"], data["eps_delta"])
+    pred = gate(data["x"], data["t"], data["eps_cached"], data["eps_delta"], data["age"])
     target = data["target"]
     log_rmse = float((torch.log(pred + LOG_FLOOR) - torch.log(target + LOG_FLOOR)).square().mean().sqrt())
     pc, tc = pred.flatten() - pred.mean(), target.flatten() - target.mean()
@@ -283,19 +293,27 @@ def train_gate(gate, train: dict[str, torch.Tensor], steps: int, seed: int, batc
 
 # -- driver ---------------------------------------------------------------------------------------------
 
+def _load_start(path: str, kind: str, data_dir: str, kv_forecast: float):
+    """The checkpoint a stage starts from (`--teacher` or `--student`) and its dataset, checked:
+    the right kind, a key/value forecast only for the transformer, the same classes in order."""
+    ck = load_checkpoint(path)
+    if ck.kind != kind:
+        what = "give the teacher" if kind == "teacher" else "give a student (`train student` makes one)"
+        raise NitroGenInputError(f"--{kind} {path!r} is a {ck.kind!r} checkpoint; {what}")
+    if kv_forecast and ck.config.backbone != "dit":
+        raise NitroGenInputError(f"--kv-forecast {kv_forecast} applies to the transformer backbone; "
+                                 f"{path!r} is a {ck.config.backbone!r} (use 0)")
+    data = load_image_folder(data_dir, ck.config.image_size)
+    if tuple(data.classes) != tuple(ck.labels):
+        raise NitroGenInputError(f"--data classes {list(data.classes)} differ from the {kind}'s labels "
+                                 f"{list(ck.labels)}")
+    return ck, data
+
+
 def train_student(s: StudentSettings) -> dict:
     d = init_distributed()
     torch.set_num_threads(max(1, torch.get_num_threads() // d.world))
-    teacher_ck = load_checkpoint(s.teacher)
-    if teacher_ck.kind != "teacher":
-        raise NitroGenInputError(f"--teacher {s.teacher!r} is a {teacher_ck.kind!r} checkpoint; give the teacher")
-    if s.kv_forecast and teacher_ck.config.backbone != "dit":
-        raise NitroGenInputError(f"--kv-forecast {s.kv_forecast} applies to the transformer backbone; "
-                                 f"{s.teacher!r} is a {teacher_ck.config.backbone!r} (use 0)")
-    data = load_image_folder(s.data, teacher_ck.config.image_size)
-    if tuple(data.classes) != tuple(teacher_ck.labels):
-        raise NitroGenInputError(f"--data classes {list(data.classes)} differ from the teacher's labels "
-                                 f"{list(teacher_ck.labels)}")
+    teacher_ck, data = _load_start(s.teacher, "teacher", s.data, s.kv_forecast)
     cfg = teacher_ck.config
     run = RunDir(s.out_dir, d)
     run.check_or_write_config({**asdict(s), "config": cfg.to_dict(), "classes": list(data.classes), "world": d.world})
@@ -365,7 +383,18 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     step_weight, _ = image_weights(schedule, schedule.sampling_timesteps(s.sample_steps))
     width_schedule = choose_width_schedule(errors, step_weight, s.width_error_bound, SCHEDULE_SEGMENTS)
     print(f"width schedule {width_schedule} (bound {s.width_error_bound})", file=sys.stderr)
+    train = {"stage": "student", "teacher": s.teacher, "data": s.data, "distill_steps": s.steps,
+             "width_error_bound": s.width_error_bound}
+    result = calibrate_gate(s, run.path, student, width_schedule, data, train, {"width_errors": errors},
+                            seconds_before=distill_seconds, t0=t0)
+    return {"step": s.steps, "done": True, **result}
 
+
+def calibrate_gate(s: CalibrationSettings, out_dir: Path, student: NitroGenModel, width_schedule: tuple[float, ...], data, train: dict,
+                   summary: dict, seconds_before: float, t0: float) -> dict:
+    """Train the gate of `student` and choose its default threshold; write out_dir/calibration.json
+    and out_dir/student.safetensors. `s`: StudentSettings or GateSettings (with sample_steps and
+    sample_cfg resolved); `train` and `summary` are the caller's metadata."""
     print(f"collecting gate trajectories ({s.gate_trajectories} train + 16 held out)", file=sys.stderr)
     trajectories = dict(model=student, width_schedule=width_schedule, steps=s.sample_steps, cfg_scale=s.sample_cfg,
                         forecast=s.forecast)
@@ -402,20 +431,48 @@ def _finish(s: StudentSettings, run: RunDir, student: NitroGenModel, teacher: Ni
     print(f"default threshold {threshold}", file=sys.stderr)
     calib_seconds = time.monotonic() - t0
 
-    summary = {"width_errors": errors, "width_schedule": width_schedule, "gate": report,
+    summary = {**summary, "width_schedule": width_schedule, "gate": report,
                "threshold_rule": asdict(rule), "threshold_images": s.tau_images,
                "threshold_sweep": sweep, "threshold_confirmation": confirmation, "threshold": threshold,
                "gate_final_train_loss": sum(gate_losses[-50:]) / min(50, len(gate_losses)),
-               "distill_seconds": round(distill_seconds, 1), "calibration_seconds": round(calib_seconds, 1)}
-    (run.path / "calibration.json").write_text(json.dumps(summary, indent=1))
-    out = run.path / "student.safetensors"
+               "distill_seconds": round(seconds_before, 1), "calibration_seconds": round(calib_seconds, 1)}
+    (out_dir / "calibration.json").write_text(json.dumps(summary, indent=1))
+    out = out_dir / "student.safetensors"
     from ..__main__ import _git_commit
     save_checkpoint(out, student, kind="student", labels=list(data.classes), width_schedule=width_schedule,
-                    train={"stage": "student", "teacher": s.teacher, "data": s.data, "distill_steps": s.steps,
-                           "seed": s.seed, "seconds": round(distill_seconds + calib_seconds, 1),
-                           "width_error_bound": s.width_error_bound, "gate_log_rmse": report["log_rmse"],
-                           "class_counts": counts,
-                           "commit": _git_commit()},
+                    train={**train, "seed": s.seed, "seconds": round(seconds_before + calib_seconds, 1),
+                           "gate_log_rmse": report["log_rmse"], "class_counts": counts, "commit": _git_commit()},
                     sampler={"steps": s.sample_steps, "cfg": s.sample_cfg, "threshold": threshold, **base})
     print(f"student done: {out}", file=sys.stderr)
-    return {"step": s.steps, "done": True, "checkpoint": str(out), **summary}
+    return {"checkpoint": str(out), **summary}
+
+
+# -- a new gate for a finished student (no teacher needed) ----------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class GateSettings(CalibrationSettings):
+    """`train gate`: the calibration half of `train student` on a finished student checkpoint."""
+    student: str
+    data: str
+    out_dir: str
+    sample_steps: int | None = None  # None: the checkpoint's recommended steps
+    sample_cfg: float | None = None  # None: the checkpoint's recommended guidance scale
+    gate_age: bool = False           # the new gate also reads each patch's age (model/gate.py)
+
+
+def retrain_gate(g: GateSettings) -> dict:
+    """A fresh gate for a finished student, and a new default threshold: the student's network and
+    width schedule are kept as they are; only the gate (optionally age-aware) and the sampler
+    settings change. For a shipped checkpoint whose teacher is not at hand, or new guards."""
+    t0 = time.monotonic()
+    ck, data = _load_start(g.student, "student", g.data, g.kv_forecast)
+    g = replace(g, sample_steps=g.sample_steps or ck.sampler.get("steps", 20),
+                sample_cfg=ck.sampler.get("cfg", 1.5) if g.sample_cfg is None else g.sample_cfg)
+    torch.manual_seed(g.seed)                                  # the fresh gate's initial weights
+    student = NitroGenModel(replace(ck.config, gate_age=g.gate_age))
+    student.net.load_state_dict(ck.model.net.state_dict())
+    student.requires_grad_(False).eval()
+    out_dir = Path(g.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = {"stage": "gate", "student": g.student, "data": g.data, "gate_age": g.gate_age, "student_train": ck.train}
+    return calibrate_gate(g, out_dir, student, ck.width_schedule, data, train, {}, seconds_before=0.0, t0=t0)
