@@ -19,6 +19,9 @@ an image's output is a function of its own noise, label and settings, never of i
   The threshold tau is in image units: reusing the cached eps at step i moves the final image
   by about r * step_weight[i] (see image_weights), which is ~25x larger early than late.
   A patch with r * step_weight[i] >= tau is recomputed; below it, its cached eps is reused.
+  With `accumulate` a > 0 the test is a * pending + r * step_weight[i] >= tau, pending being the
+  predicted change of the block's gated skips since it was last computed: consecutive skips add
+  their errors, which a per-step test does not price.
   A patch skipped `max_skips` times in a row is recomputed anyway.
 - Exit: a block is retired, skipped by every later sparse step whatever max_skips says, once
   reusing its cached eps for every remaining step is predicted to move the image by less than
@@ -83,6 +86,8 @@ class SamplerSettings:
                                   # first-order forecast from its last two computations (0: reuse; EpsForecast)
     kv_forecast: float = 0.0      # adaptive, transformer only: the same forecast for the keys and values of the
                                   # tokens a sparse step leaves out (0: their stale ones; token_sparse.KVForecast)
+    accumulate: float = 0.0       # adaptive: weight of a block's predicted image change summed over the gated steps
+                                  # it skipped since it was computed (0: each step judged alone; 1: the sum counts)
 
     def validate(self) -> "SamplerSettings":
         """Raise NitroGenInputError naming the first bad value; return self."""
@@ -90,7 +95,8 @@ class SamplerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise NitroGenInputError(f"{name}={value!r} must be an integer")
-        for name in ("cfg", "threshold", "budget", "dense_above", "width", "image_skip", "forecast", "kv_forecast"):
+        for name in ("cfg", "threshold", "budget", "dense_above", "width", "image_skip", "forecast", "kv_forecast",
+                     "accumulate"):
             value = getattr(self, name)
             if name == "dense_above" and value is None:
                 continue
@@ -121,6 +127,9 @@ class SamplerSettings:
         if not 0.0 <= self.kv_forecast <= 1.0:
             raise NitroGenInputError(f"kv_forecast={self.kv_forecast} is out of range; allowed 0..1 "
                                      f"(0 = stale keys/values for tokens left out, 1 = the full linear forecast)")
+        if not 0.0 <= self.accumulate <= 1.0:
+            raise NitroGenInputError(f"accumulate={self.accumulate} is out of range; allowed 0..1 "
+                                     f"(0 = judge each step's skip alone, 1 = count the skips since computed)")
         if self.mode not in MODES:
             raise NitroGenInputError(f"mode={self.mode!r} is not one of {MODES}")
         if self.warmup < 1:
@@ -244,6 +253,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
     used = torch.zeros(B, dtype=torch.int64)
     skip_run = torch.zeros(B, nb, nb, dtype=torch.int64)                     # steps since last computed
     below_run = torch.zeros(B, nb, nb, dtype=torch.int64)                    # gate calls in a row below tau
+    pending = torch.zeros(B, nb, nb)                                         # predicted image change of the skips
+                                                                             # since each block was computed
     exit_run = torch.zeros(B, nb, nb, dtype=torch.int64)                     # gate calls in a row settled
     step_weight, remaining_weight = image_weights(schedule, timesteps)
     exited = torch.zeros(B, nb, nb, dtype=torch.bool)
@@ -266,6 +277,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         dense_due = (not adaptive or i < settings.warmup or executor.width is None or width_change
                      or (settings.refresh_every > 0 and (i - settings.warmup) % settings.refresh_every == 0))
         priority = skip_run.float()                                           # stalest first when trimming
+        skip_change = torch.zeros(B, nb, nb)                                  # this step's predicted change if skipped
         # Whole images first (step caching's rule, on the image's measured drift): an image that
         # sits the step out costs nothing, not even the gate. Not across a width change.
         sit_out = torch.zeros(B, dtype=torch.bool)
@@ -291,7 +303,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
                 gated = can_gate[:, None, None]
                 # Image-space effect (see image_weights): skip when this step's error is small,
                 # exit when even reusing the cached eps for every remaining step would be.
-                below = gated & (r_block * step_weight[i] < settings.threshold)
+                skip_change = torch.where(gated, r_block * step_weight[i], torch.zeros_like(r_block))
+                below = gated & (settings.accumulate * pending + skip_change < settings.threshold)
                 below_run = torch.where(below, below_run + 1, torch.zeros_like(below_run))
                 if settings.exit_patience > 0 and i >= last_segment_start:
                     settled = gated & (r_block * remaining_weight[i] < settings.threshold)
@@ -347,6 +360,7 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
             image_drift.update(i, step_weight[i], sit_out, blocks.flatten(1).all(1),
                                _rms_change(eps_cached, eps_before))
         skip_run = torch.where(blocks, torch.zeros_like(skip_run), skip_run + 1)
+        pending = torch.where(blocks, torch.zeros_like(pending), pending + skip_change)
 
         steps.append(StepRecord(index=i, timestep=t, width=width, dense=dense.clone(),
                                 mask=_blocks_to_patches(blocks, per_block), macs=step_macs.clone()))

@@ -275,6 +275,7 @@ BAD_SETTINGS = [
     ("width", 0), ("width", 1.5), ("mode", "slim"), ("image_skip", -0.5), ("image_skip", float("nan")),
     ("forecast", -0.5), ("forecast", 1.5), ("forecast", float("nan")), ("forecast", "1"),
     ("kv_forecast", -0.5), ("kv_forecast", 2.0), ("kv_forecast", float("inf")),
+    ("accumulate", -0.1), ("accumulate", 1.5), ("accumulate", float("nan")),
 ]
 
 
@@ -509,6 +510,7 @@ class PatchNormGate(ConstantGate):
     ("adaptive", 0.5, 1.0, (1.0,), 0.1, 0.25, False),       # whole images sit steps out
     ("cache+forecast", 0.03, 1.0, (1.0,), 0.0, 0.25, False),
     ("adaptive+forecast", 0.5, 0.55, (1.0,), 0.02, 0.1, True),
+    ("adaptive+forecast+accumulate", 0.5, 0.55, (1.0,), 0.02, 0.1, True),
 ])
 def test_images_do_not_depend_on_their_batch_mates(model, monkeypatch, mode, threshold, budget, schedule,
                                                    image_skip, dense_above, varied):
@@ -519,10 +521,11 @@ def test_images_do_not_depend_on_their_batch_mates(model, monkeypatch, mode, thr
     monkeypatch.setattr(model, "gate", PatchNormGate(model.gate, 0.0))
     noise = make_noise(model.config, n, seed=11)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    mode, _, forecast = mode.partition("+")
+    mode, *extras = mode.split("+")
     st = SamplerSettings(steps=8, cfg=2.0, mode=mode, threshold=threshold, budget=budget, warmup=2,
                          refresh_every=3, max_skips=2, exit_patience=1, dense_above=dense_above,
-                         image_skip=image_skip, forecast=1.0 if forecast else 0.0)
+                         image_skip=image_skip, forecast=1.0 if "forecast" in extras else 0.0,
+                         accumulate=1.0 if "accumulate" in extras else 0.0)
     whole = sample(model, noise, labels, st, width_schedule=schedule)
     for chunk in (3, 1):
         parts = [sample(model, noise[s:s + chunk], labels[s:s + chunk], st, width_schedule=schedule)
@@ -639,3 +642,33 @@ def test_forecast_changes_only_skipped_units(model, noise, labels, mode):
     assert not torch.equal(reuse.images, ahead.images)
     again = sample(model, noise, labels, settings(mode=mode, cfg=2.0, threshold=tau, forecast=1.0))
     assert torch.equal(ahead.images, again.images)
+
+
+# -- accumulate: a block's skips since it was computed add up ----------------------------------------
+
+def test_accumulate_recomputes_a_block_once_its_skips_add_up_to_tau(model, noise, labels, monkeypatch):
+    """A gate predicting the same residual c everywhere, tau above every single step's c * weight:
+    judged alone, no block is ever recomputed after warm-up; with accumulate 1, a block is
+    recomputed at the step where its skips since computed, plus this step's, reach tau."""
+    from nitrogen_core.diffusion import Schedule
+    from nitrogen_core.sampler import image_weights
+    monkeypatch.setattr(model, "gate", ConstantGate(model.gate, 0.1))
+    steps = 8
+    weight, _ = image_weights(Schedule(model.config.train_timesteps),
+                              Schedule(model.config.train_timesteps).sampling_timesteps(steps))
+    tau = 1.5 * 0.1 * max(weight[2:])                     # every single gated step is below tau
+    base = dict(steps=steps, threshold=tau, max_skips=100, exit_patience=0, refresh_every=0)
+    alone = sample(model, noise, labels, settings(**base)).record
+    summed = sample(model, noise, labels, settings(**base, accumulate=1.0)).record
+    assert not masks(alone)[2:].any()
+    expected, pending = [], 0.0                           # replay the rule for one block (all agree)
+    for i in range(2, steps):
+        change = 0.1 * weight[i]
+        computed = pending + change >= tau
+        expected.append(computed)
+        pending = 0.0 if computed else pending + change
+    got = masks(summed)[2:]                               # (S-2, B, Hp, Wp)
+    assert [bool(m.all()) for m in got] == expected and [bool(m.any()) for m in got] == expected
+    assert any(expected) and not all(expected)
+    zero = sample(model, noise, labels, settings(**base, accumulate=0.0))
+    assert torch.equal(zero.images, sample(model, noise, labels, settings(**base)).images)

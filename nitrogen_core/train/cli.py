@@ -96,6 +96,10 @@ def _add_calibration_arguments(p) -> None:
                    help="transformer only: the key/value forecast strength the checkpoint recommends (0..1; "
                         "0: tokens a sparse step leaves out lend their stale keys/values); the default "
                         "threshold is calibrated with it (default 0)")
+    p.add_argument("--accumulate", type=float, default=0.0, metavar="A",
+                   help="the weight the checkpoint recommends for a block's predicted image change summed over "
+                        "the steps it skipped since it was computed (0..1; 0: each step judged alone); the "
+                        "default threshold is calibrated with it (default 0)")
     p.add_argument("--gate-trajectories", type=_positive_int, default=48)
     p.add_argument("--gate-steps", type=_positive_int, default=1500)
     p.add_argument("--seed", type=int, default=0)
@@ -125,6 +129,8 @@ def _check_calibration_arguments(args) -> None:
         raise NitroGenInputError(f"--forecast {args.forecast} is out of range; allowed 0..1")
     if not (math.isfinite(args.kv_forecast) and 0.0 <= args.kv_forecast <= 1.0):
         raise NitroGenInputError(f"--kv-forecast {args.kv_forecast} is out of range; allowed 0..1")
+    if not (math.isfinite(args.accumulate) and 0.0 <= args.accumulate <= 1.0):
+        raise NitroGenInputError(f"--accumulate {args.accumulate} is out of range; allowed 0..1")
 
 
 def cmd_train_gate(args) -> int:
@@ -134,7 +140,8 @@ def cmd_train_gate(args) -> int:
     retrain_gate(GateSettings(student=args.student, data=args.data, out_dir=args.out, seed=args.seed,
                               sample_cfg=args.cfg, gate_trajectories=args.gate_trajectories,
                               gate_steps=args.gate_steps, refresh_every=args.refresh_every,
-                              forecast=args.forecast, kv_forecast=args.kv_forecast, gate_age=args.gate_age))
+                              forecast=args.forecast, kv_forecast=args.kv_forecast, accumulate=args.accumulate,
+                              gate_age=args.gate_age))
     return 0
 
 
@@ -150,6 +157,6 @@ def cmd_train_student(args) -> int:
                                   width_error_bound=args.width_error_bound,
                                   gate_trajectories=args.gate_trajectories, gate_steps=args.gate_steps,
                                   refresh_every=args.refresh_every, forecast=args.forecast,
-                                  kv_forecast=args.kv_forecast, sample_cfg=args.cfg,
+                                  kv_forecast=args.kv_forecast, accumulate=args.accumulate, sample_cfg=args.cfg,
                                   sample_every=args.sample_every))
     return 0

@@ -68,6 +68,7 @@ class CalibrationSettings:
     forecast: float = 0.0           # recommended eps forecast strength (sampler.EpsForecast); the gate learns the
                                     # forecast's error and the threshold is calibrated with it
     kv_forecast: float = 0.0        # transformer: recommended key/value forecast strength (token_sparse.KVForecast)
+    accumulate: float = 0.0         # recommended weight of a block's skips since computed (SamplerSettings.accumulate)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -422,7 +423,8 @@ def calibrate_gate(s: CalibrationSettings, out_dir: Path, student: NitroGenModel
     tau_labels = proportional_labels(counts, s.tau_images)
     # the guards the threshold is calibrated with, stored as the checkpoint recommends them
     base = {"refresh_every": s.refresh_every,
-            **{k: v for k, v in (("forecast", s.forecast), ("kv_forecast", s.kv_forecast)) if v}}
+            **{k: v for k, v in (("forecast", s.forecast), ("kv_forecast", s.kv_forecast),
+                                 ("accumulate", s.accumulate)) if v}}
     say = lambda m: print(m, file=sys.stderr, flush=True)
     sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg, tau_labels, stop_rule=rule,
                             base=base, log=say)
