@@ -42,7 +42,7 @@ from ..config import NitroGenConfig
 from ..diffusion import Schedule, split_prediction
 from ..errors import NitroGenInputError
 from ..model import NitroGenModel
-from ..sampler import EpsForecast, ddim_step, image_weights, make_noise, width_for_step
+from ..sampler import EpsForecast, _blocks_to_patches, ddim_step, image_weights, make_noise, width_for_step
 from .common import (RunDir, Timer, all_mean, batch_indices, ema_update, init_distributed, learning_rate,
                      optimizer_step, restore_run, save_run, set_learning_rate, step_generator)
 from .data import load_image_folder
@@ -223,7 +223,7 @@ def gate_trajectories(model: NitroGenModel, width_schedule: tuple[float, ...], n
                 rows["t"].append(torch.full((B,), float(t)))
                 rows["eps_cached"].append(eps_cached.clone())
                 rows["eps_delta"].append(eps_delta.clone())
-                age = (skip_run + 1).repeat_interleave(per_block, 1).repeat_interleave(per_block, 2).float()
+                age = _blocks_to_patches(skip_run + 1, per_block).float()
                 rows["age"].append(age)                                                   # (B, Hp, Wp)
                 rows["target"].append(F.avg_pool2d(diff, p)[:, 0].sqrt())             # (B, Hp, Wp)
                 if policy is None:
