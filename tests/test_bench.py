@@ -565,3 +565,25 @@ def test_step_caching_gets_the_checkpoints_eps_forecast():
         configs = build_configs(20, 2.0, (1.0,), SWEEPS["quick"], 0.005, guards)
         forecasts = {(c.mode, c.settings.forecast) for c in configs}
         assert forecasts == {("full", 0.0), ("slim", 0.0), ("uniform", 0.0), ("adaptive", want), ("cache", want)}
+
+
+def test_figures_without_runs_keep_the_loss_figure_and_its_numbers(tmp_path):
+    """A new gate on a bundled checkpoint has no training runs: the sample grids, the compute map and
+    their numbers are redrawn, loss.png and the recorded final losses are left as they were."""
+    from nitrogen_core.bench import figures
+
+    torch.manual_seed(0)
+    model = perturbed(NitroGenModel(preset("tiny", num_classes=3))).eval()
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", model, kind="student", labels=list(CLASSES),
+                           width_schedule=(1.0,), sampler={"steps": 3, "cfg": 1.5, "threshold": 0.3})
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "loss.png").write_bytes(b"old loss figure")
+    (out / "figures.json").write_text(json.dumps({"threshold": 0.1, "final_losses": {"teacher": 0.5}}))
+    stats = figures.main(["--ckpt", str(ckpt), "--out", str(out)])
+    written = json.loads((out / "figures.json").read_text())
+    assert written["threshold"] == 0.3 and stats["threshold"] == 0.3              # redrawn for this checkpoint
+    assert written["final_losses"] == {"teacher": 0.5}
+    assert (out / "loss.png").read_bytes() == b"old loss figure"
+    assert Image.open(out / "samples_adaptive.png").size[0] > 0 and (out / "compute_map.png").exists()
+    assert [row["class"] for row in written["per_class"]] == list(CLASSES)

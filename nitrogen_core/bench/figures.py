@@ -7,7 +7,8 @@ Writes docs/samples_full.png and docs/samples_adaptive.png (one row per class, t
 full = width 1.0 and every patch at every step; adaptive = the checkpoint's width schedule
 and default threshold), docs/compute_map.png (where the adaptive sampler spent compute, first
 seed of each class), docs/loss.png (training curves, if the runs are given) and
-docs/figures.json (MACs, PSNR to full, per class).
+docs/figures.json (MACs, PSNR to full, per class). Without the runs, an existing loss.png and the
+final losses in an existing figures.json are kept.
 """
 from __future__ import annotations
 
@@ -130,6 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
                 curves[f"student {key[6:]} (distill)"] = [(r["step"], r[key]) for r in log if key in r]
         loss_plot(curves, out / "loss.png")
         stats["final_losses"] = {name: pts[-1][1] for name, pts in curves.items()}
+    elif (out / "figures.json").exists():
+        # No runs given (e.g. a new gate on a bundled checkpoint whose training runs are gone):
+        # loss.png is left as it is, and so are the losses it shows.
+        previous = json.loads((out / "figures.json").read_text())
+        if "final_losses" in previous:
+            stats["final_losses"] = previous["final_losses"]
     (out / "figures.json").write_text(json.dumps(stats, indent=1))
     print(json.dumps({k: v for k, v in stats.items() if k != "per_class"}))
     return stats
