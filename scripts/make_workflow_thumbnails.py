@@ -300,6 +300,13 @@ def thumbnail(previews):
     return out
 
 
+def training_steps(train: dict) -> int | None:
+    """Training steps recorded in a checkpoint's train metadata: a teacher's steps, a student's
+    distillation steps, or, for a `train gate` checkpoint, its student's (kept under student_train)."""
+    return (train.get("steps") or train.get("distill_steps")
+            or (train.get("student_train") or {}).get("distill_steps"))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", default=None, help="checkpoint to run instead of the bundled one")
@@ -323,7 +330,7 @@ def main(argv=None) -> int:
             (root / "models" / "nitrogen" / ckpt.name).symlink_to(ckpt)
             overrides = {"NitroGenLoader": {"ckpt_name": ckpt.name}}
         train = read_header(ckpt)["train"]
-        trained_steps = train.get("steps") or train.get("distill_steps")     # teacher / student metadata
+        trained_steps = training_steps(train)
         if not trained_steps and not args.allow_untrained:
             print(f"error: {ckpt} is untrained (train steps {trained_steps!r}); thumbnails would show noise. "
                   "Pass --allow-untrained only to test this script.", file=sys.stderr)

@@ -247,3 +247,14 @@ def test_images_are_drawn_at_a_readable_size(path, runs):
             f"{path.name}: {caption!r} draws its {count} images of {width}x{height} px at {w:.0f}x{h:.0f} px "
             f"each; at least {MIN_SHOWN_PX} px wanted (upscale them, e.g. ImageScaleBy nearest-exact x8, or "
             "enlarge the node)")
+
+
+@pytest.mark.parametrize("train, steps", [
+    ({"steps": 6000}, 6000),                                                     # teacher
+    ({"distill_steps": 600, "stage": "student"}, 600),                           # student
+    ({"stage": "gate", "student_train": {"distill_steps": 600}}, 600),            # a new gate on a student
+    ({"note": "untrained: written by `init`"}, None),
+    ({"stage": "gate", "student_train": {}}, None),
+])
+def test_thumbnails_know_a_trained_checkpoint_from_its_metadata(train, steps):
+    assert runner.training_steps(train) == steps

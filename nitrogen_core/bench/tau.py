@@ -197,8 +197,8 @@ def markdown(result: dict) -> str:
         f"training data: {result['label_counts']}), {result['steps']} DDIM steps, cfg {result['cfg']}, noise "
         f"from seeds {CALIBRATION_SEED}..{CALIBRATION_SEED + result['images'] - 1} (disjoint from the "
         f"benchmark's). Checkpoint: `{result['ckpt']}`."
-        + (f" The sweep itself ran in the `train student` run that chose the checkpoint's τ "
-           f"(`{result['swept_by']}`); this re-renders it"
+        + (f" The sweep itself ran in the training run (`train student` or `train gate`) that chose the "
+           f"checkpoint's τ (`{result['swept_by']}`); this re-renders it"
            + (", and samples the confirmation below, which that run predates." if result.get("confirmed_by_run") is False
               else ".") if result.get("swept_by") else ""),
         "",
@@ -244,8 +244,8 @@ def calibrate(ckpt_path: str, images: int, counts: list[int] | None, rule: TailR
 
 def from_student_run(calibration_json: str, ckpt_path: str, log=None) -> dict:
     """calibrate()'s result for a student checkpoint, rebuilt from the RUN/calibration.json of the
-    `train student` run that made it: the student chose its default tau by this same sweep (same
-    noise, labels, steps, cfg and sampler settings, default grid, stopping at the first failure), so
+    `train student` or `train gate` run that made it: that run chose the default tau by this same
+    sweep (same noise, labels, steps, cfg and sampler settings, default grid, stopping at the first failure), so
     the sweep is not sampled again. A run from before the confirmation step existed gets it sampled
     now (confirm_threshold: a few minutes, not the sweep's twenty)."""
     from ..checkpoint import load_checkpoint
@@ -320,7 +320,7 @@ def add_tau_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--json", default=None, help="write the sweep and the choice here")
     parser.add_argument("--markdown", default=None, help="write the rule and the sweep table here")
     parser.add_argument("--from-calibration", default=None, metavar="RUN/calibration.json",
-                        help="no sweep: rebuild the result from the `train student` run that made --ckpt "
+                        help="no sweep: rebuild the result from the `train student` or `train gate` run that made --ckpt "
                              "(it ran this same sweep; --images, --data, --taus and --refresh-every are ignored); "
                              "only a run from before the confirmation step gets its confirmation sampled")
     return parser
