@@ -303,21 +303,29 @@ def student_file(tiny_data, teacher_run, tmp_path_factory) -> Path:
     return run / "student.safetensors"
 
 
-def test_train_gate_keeps_the_student_and_recalibrates(tiny_data, student_file, tmp_path):
+def test_train_gate_keeps_the_student_and_recalibrates(tiny_data, student_file, tmp_path, monkeypatch):
     """`train gate`: a new gate (here age-aware) and threshold for a finished student, without its
     teacher; the network, labels and width schedule are the student's."""
+    import nitrogen_core.sampler as sampler_module
+    seen, shipped = [], sampler_module.sample
+    monkeypatch.setattr(sampler_module, "sample", lambda model, noise, labels, settings, *a, **k:
+                        seen.append(settings) or shipped(model, noise, labels, settings, *a, **k))
     before = load_checkpoint(student_file)
     assert not before.config.gate_age
     result = retrain_gate(GateSettings(student=str(student_file), data=str(tiny_data), out_dir=str(tmp_path / "g"),
                                        gate_trajectories=2, gate_steps=3, tau_images=3, forecast=1.0, accumulate=0.5,
-                                       gate_age=True))
+                                       dense_above=0.6, gate_age=True))
     ck = load_checkpoint(tmp_path / "g" / "student.safetensors")
     assert ck.kind == "student" and ck.config == dataclasses.replace(before.config, gate_age=True)
     assert ck.labels == before.labels
     assert ck.width_schedule == before.width_schedule
     assert ck.sampler == {"steps": before.sampler["steps"], "cfg": 2.0, "threshold": result["threshold"],
-                          "refresh_every": 3, "forecast": 1.0, "accumulate": 0.5}   # its steps and cfg, new guards
-    assert ck.recommended_guards() == {"refresh_every": 3, "forecast": 1.0, "accumulate": 0.5}
+                          "refresh_every": 3, "forecast": 1.0, "accumulate": 0.5,
+                          "dense_above": 0.6}                                            # its steps and cfg, new guards
+    assert ck.recommended_guards() == {"refresh_every": 3, "forecast": 1.0, "accumulate": 0.5, "dense_above": 0.6}
+    # the threshold was calibrated with the guards it recommends
+    adaptive = [st for st in seen if st.mode == "adaptive" and st.threshold > 0]
+    assert adaptive and all((st.dense_above, st.accumulate, st.forecast) == (0.6, 0.5, 1.0) for st in adaptive)
     new, orig = ck.model.net.state_dict(), before.model.net.state_dict()
     assert all(torch.equal(new[k], orig[k]) for k in orig)      # the network is untouched
     assert ck.train["stage"] == "gate" and ck.train["student_train"]["stage"] == "student"
@@ -375,6 +383,8 @@ GATE = ("gate", "--student", "s.safetensors")
     (GATE, ("--gate-steps", "0"), "argument --gate-steps: expected an integer >= 1, got 0"),
     (GATE, ("--accumulate", "2"), "--accumulate 2.0 is out of range; allowed 0..1"),
     (STUDENT, ("--accumulate", "nan"), "--accumulate nan is out of range"),
+    (GATE, ("--dense-above", "1.5"), "--dense-above 1.5 is out of range; allowed 0..1"),
+    (STUDENT, ("--dense-above", "-0.1"), "--dense-above -0.1 is out of range; allowed 0..1"),
 ], ids=lambda v: v[0] if isinstance(v, tuple) and v in (STUDENT, GATE) else None)
 def test_train_cli_bad_flags_are_one_line_errors(tmp_path, command, flags, needle):
     proc = subprocess.run([sys.executable, "-m", "nitrogen_core", "train", *command,

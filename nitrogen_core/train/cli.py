@@ -100,6 +100,10 @@ def _add_calibration_arguments(p) -> None:
                    help="the weight the checkpoint recommends for a block's predicted image change summed over "
                         "the steps it skipped since it was computed (0..1; 0: each step judged alone); the "
                         "default threshold is calibrated with it (default 0)")
+    p.add_argument("--dense-above", type=float, default=None, metavar="D",
+                   help="the share of units above which a step the checkpoint recommends runs dense instead of "
+                        "sparse (0..1; default: the backbone's break-even, 0.25 for the U-Net and 0.9 for the "
+                        "transformer); the default threshold is calibrated with it")
     p.add_argument("--gate-trajectories", type=_positive_int, default=48)
     p.add_argument("--gate-steps", type=_positive_int, default=1500)
     p.add_argument("--seed", type=int, default=0)
@@ -131,6 +135,8 @@ def _check_calibration_arguments(args) -> None:
         raise NitroGenInputError(f"--kv-forecast {args.kv_forecast} is out of range; allowed 0..1")
     if not (math.isfinite(args.accumulate) and 0.0 <= args.accumulate <= 1.0):
         raise NitroGenInputError(f"--accumulate {args.accumulate} is out of range; allowed 0..1")
+    if args.dense_above is not None and not (math.isfinite(args.dense_above) and 0.0 <= args.dense_above <= 1.0):
+        raise NitroGenInputError(f"--dense-above {args.dense_above} is out of range; allowed 0..1")
 
 
 def cmd_train_gate(args) -> int:
@@ -141,7 +147,7 @@ def cmd_train_gate(args) -> int:
                               sample_cfg=args.cfg, gate_trajectories=args.gate_trajectories,
                               gate_steps=args.gate_steps, refresh_every=args.refresh_every,
                               forecast=args.forecast, kv_forecast=args.kv_forecast, accumulate=args.accumulate,
-                              gate_age=args.gate_age))
+                              dense_above=args.dense_above, gate_age=args.gate_age))
     return 0
 
 
@@ -157,6 +163,6 @@ def cmd_train_student(args) -> int:
                                   width_error_bound=args.width_error_bound,
                                   gate_trajectories=args.gate_trajectories, gate_steps=args.gate_steps,
                                   refresh_every=args.refresh_every, forecast=args.forecast,
-                                  kv_forecast=args.kv_forecast, accumulate=args.accumulate, sample_cfg=args.cfg,
-                                  sample_every=args.sample_every))
+                                  kv_forecast=args.kv_forecast, accumulate=args.accumulate,
+                                  dense_above=args.dense_above, sample_cfg=args.cfg, sample_every=args.sample_every))
     return 0

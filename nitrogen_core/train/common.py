@@ -204,7 +204,8 @@ def _with_resolved_config(saved: dict) -> dict:
 # guidance scale recalibrates width schedule, gate and threshold without distilling again).
 RESUMABLE_CHANGES = {"minutes", "stop_after", "sample_every", "save_every",
                      "width_error_bound", "tau_p1_psnr", "tau_worst_psnr", "tau_images", "gate_trajectories",
-                     "gate_steps", "refresh_every", "forecast", "kv_forecast", "accumulate", "sample_cfg"}
+                     "gate_steps", "refresh_every", "forecast", "kv_forecast", "accumulate", "dense_above",
+                     "sample_cfg"}
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:

@@ -69,6 +69,8 @@ class CalibrationSettings:
                                     # forecast's error and the threshold is calibrated with it
     kv_forecast: float = 0.0        # transformer: recommended key/value forecast strength (token_sparse.KVForecast)
     accumulate: float = 0.0         # recommended weight of a block's skips since computed (SamplerSettings.accumulate)
+    dense_above: float | None = None   # recommended share of units above which a step runs dense (None: the
+                                       # backbone's break-even, Executor.dense_above)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -424,7 +426,8 @@ def calibrate_gate(s: CalibrationSettings, out_dir: Path, student: NitroGenModel
     # the guards the threshold is calibrated with, stored as the checkpoint recommends them
     base = {"refresh_every": s.refresh_every,
             **{k: v for k, v in (("forecast", s.forecast), ("kv_forecast", s.kv_forecast),
-                                 ("accumulate", s.accumulate)) if v}}
+                                 ("accumulate", s.accumulate)) if v},
+            **({} if s.dense_above is None else {"dense_above": s.dense_above})}
     say = lambda m: print(m, file=sys.stderr, flush=True)
     sweep = threshold_sweep(student, width_schedule, s.sample_steps, s.sample_cfg, tau_labels, stop_rule=rule,
                             base=base, log=say)
