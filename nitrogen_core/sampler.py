@@ -72,7 +72,7 @@ class SamplerSettings:
     steps: int = 20
     cfg: float = 1.5              # classifier-free guidance scale; 1.0 runs no unconditional half
     mode: str = "adaptive"
-    threshold: float = 0.005      # tau: predicted change of the final image (pixels in [-1, 1]) below which a patch is skipped
+    threshold: float = 0.0075     # tau: predicted change of the final image (pixels in [-1, 1]) below which a patch is skipped
     budget: float = 1.0           # max MACs per image, as a fraction of full compute
     warmup: int = 2               # leading dense steps (all of them if steps <= warmup)
     refresh_every: int = 3        # a dense refresh every this many steps after warm-up (0: never)
