@@ -54,16 +54,17 @@ def unet(cfg) -> UNet:
 DISC_COLORS = {"blue": (30, 60, 220), "red": (220, 40, 40), "green": (40, 180, 60)}
 
 
-def record_sampler_settings(monkeypatch, module) -> list:
-    """Wrap `module.sample_in_chunks` (bench's chunked sampling loop) so that every call's
-    SamplerSettings is appended to the returned list; sampling itself is unchanged."""
-    seen, shipped = [], module.sample_in_chunks
+def record_sampler_settings(monkeypatch, module, name: str = "sample_in_chunks") -> list:
+    """Wrap `module.<name>` (bench's chunked sampling loop by default, or the sampler's `sample`),
+    a function of (model, noise, labels, settings, ...), so that every call's SamplerSettings is
+    appended to the returned list; sampling itself is unchanged."""
+    seen, shipped = [], getattr(module, name)
 
     def recording(model, noise, labels, settings, *args, **kwargs):
         seen.append(settings)
         return shipped(model, noise, labels, settings, *args, **kwargs)
 
-    monkeypatch.setattr(module, "sample_in_chunks", recording)
+    monkeypatch.setattr(module, name, recording)
     return seen
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import write_disc_dataset
+from conftest import record_sampler_settings, write_disc_dataset
 from nitrogen_core.checkpoint import load_checkpoint
 from nitrogen_core.diffusion import Schedule
 from nitrogen_core.errors import NitroGenInputError
@@ -307,9 +307,7 @@ def test_train_gate_keeps_the_student_and_recalibrates(tiny_data, student_file, 
     """`train gate`: a new gate (here age-aware) and threshold for a finished student, without its
     teacher; the network, labels and width schedule are the student's."""
     import nitrogen_core.sampler as sampler_module
-    seen, shipped = [], sampler_module.sample
-    monkeypatch.setattr(sampler_module, "sample", lambda model, noise, labels, settings, *a, **k:
-                        seen.append(settings) or shipped(model, noise, labels, settings, *a, **k))
+    seen = record_sampler_settings(monkeypatch, sampler_module, "sample")     # bench.tau imports it per call
     before = load_checkpoint(student_file)
     assert not before.config.gate_age
     result = retrain_gate(GateSettings(student=str(student_file), data=str(tiny_data), out_dir=str(tmp_path / "g"),

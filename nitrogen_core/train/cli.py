@@ -129,15 +129,11 @@ def _check_calibration_arguments(args) -> None:
     lo, hi = LIMITS["cfg"]
     if args.cfg is not None and not (math.isfinite(args.cfg) and lo <= args.cfg <= hi):
         raise NitroGenInputError(f"--cfg {args.cfg} is out of range; allowed {lo:g}..{hi:g}")
-    if not (math.isfinite(args.forecast) and 0.0 <= args.forecast <= 1.0):
-        raise NitroGenInputError(f"--forecast {args.forecast} is out of range; allowed 0..1")
-    if not (math.isfinite(args.kv_forecast) and 0.0 <= args.kv_forecast <= 1.0):
-        raise NitroGenInputError(f"--kv-forecast {args.kv_forecast} is out of range; allowed 0..1")
-    if not (math.isfinite(args.accumulate) and 0.0 <= args.accumulate <= 1.0):
-        raise NitroGenInputError(f"--accumulate {args.accumulate} is out of range; allowed 0..1")
-    if args.dense_above is not None and not (math.isfinite(args.dense_above) and 0.0 <= args.dense_above <= 1.0):
-        raise NitroGenInputError(f"--dense-above {args.dense_above} is out of range; allowed 0..1")
-
+    # strengths and shares in 0..1; dense_above may be unset (the backbone's break-even)
+    for flag, value in (("--forecast", args.forecast), ("--kv-forecast", args.kv_forecast),
+                        ("--accumulate", args.accumulate), ("--dense-above", args.dense_above)):
+        if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise NitroGenInputError(f"{flag} {value} is out of range; allowed 0..1")
 
 def cmd_train_gate(args) -> int:
     from .student import GateSettings, retrain_gate
