@@ -66,6 +66,7 @@ class StepRecord:
     dense: np.ndarray                        # bool (B,): images computed whole by a dense forward (a bool: all or none)
     mask: np.ndarray = field(repr=False)     # bool (B, Hp, Wp): patches whose eps was recomputed
     macs: np.ndarray                         # int64 (B,): MACs executed this step per image, gate included
+    scheduled: bool = False                  # adaptive: a dense step by schedule (warm-up, refresh, width change)
 
     def __post_init__(self) -> None:
         index = _as_int("step index", self.index, 0)
@@ -95,7 +96,11 @@ class StepRecord:
             raise NitroGenInputError(f"{where}: dense={self.dense!r} must be a bool or a bool array of "
                                      f"shape [B]=({mask.shape[0]},)")
 
+        if not isinstance(self.scheduled, (bool, np.bool_)):
+            raise NitroGenInputError(f"{where}: scheduled={self.scheduled!r} must be a bool")
+
         # Frozen dataclass: normalised values go in through object.__setattr__, once, here.
+        object.__setattr__(self, "scheduled", bool(self.scheduled))
         object.__setattr__(self, "index", index)
         object.__setattr__(self, "timestep", timestep)
         object.__setattr__(self, "width", float(self.width))
@@ -207,6 +212,23 @@ class ComputeRecord:
         """Mean over the batch of MACs executed per image, rounded to an integer."""
         return int(round(float(self.macs_used_per_image.mean())))
 
+    def mac_composition(self) -> dict[str, float]:
+        """Where the MACs went, as fractions of full compute (mean over the batch), summing to
+        macs_used / macs_full: `scheduled`, whole-image passes on the sampler's scheduled dense
+        steps (warm-up, refresh, width change); `chosen_dense`, whole-image passes on other steps
+        (an image wanting more than dense_above of its units); `sparse`, everything else (sparse
+        passes and gate calls). Only `sparse` is per-unit compute."""
+        scheduled = chosen = sparse = 0.0
+        for s in self.steps:
+            dense_macs = float((s.macs * s.dense).sum())
+            if s.scheduled:
+                scheduled += dense_macs
+            else:
+                chosen += dense_macs
+            sparse += float(s.macs.sum()) - dense_macs
+        scale = 1.0 / (self.batch * self.macs_full)
+        return {"scheduled": scheduled * scale, "chosen_dense": chosen * scale, "sparse": sparse * scale}
+
     @property
     def saved_fraction(self) -> float:
         """1 - macs_used / macs_full. Negative when the gate's overhead is not repaid (e.g. tau = 0)."""
@@ -235,8 +257,10 @@ class ComputeRecord:
             "saved_fraction": self.saved_fraction,
             "active_fraction": float(np.mean([s.active_fraction for s in self.steps])),
             "exited_fraction": float((self.exited_at >= 0).mean()),
+            "mac_composition": self.mac_composition(),
             "per_step": [
-                {"index": s.index, "timestep": s.timestep, "width": s.width, "dense_fraction": float(s.dense.mean()),
+                {"index": s.index, "timestep": s.timestep, "width": s.width, "scheduled": s.scheduled,
+                 "dense_fraction": float(s.dense.mean()),
                  "active_fraction": s.active_fraction, "macs_mean": float(s.macs.mean())}
                 for s in self.steps
             ],

@@ -363,7 +363,8 @@ def sample(model: NitroGenModel, noise: torch.Tensor, labels: torch.Tensor, sett
         pending = torch.where(blocks, torch.zeros_like(pending), pending + skip_change)
 
         steps.append(StepRecord(index=i, timestep=t, width=width, dense=dense.clone(),
-                                mask=_blocks_to_patches(blocks, per_block), macs=step_macs.clone()))
+                                mask=_blocks_to_patches(blocks, per_block), macs=step_macs.clone(),
+                                scheduled=bool(dense_due)))
         if callback is not None:
             callback(i, settings.steps, x0)
 

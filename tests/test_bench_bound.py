@@ -190,7 +190,9 @@ def test_bound_command_writes_rows(ckpts, tmp_path, name, backbone):
         assert r["backbone"] == backbone
         assert 0 < r["mac_ratio"] <= 1.0 + 1e-9
         assert r["psnr_to_full_min"] <= r["psnr_to_full_p1"] <= r["psnr_to_full"] + 1e-6
+        assert sum(r["mac_composition"].values()) == pytest.approx(r["mac_ratio"])
     assert "oracle + exact" in proc.stdout
+    assert "scheduled / chosen dense / sparse" in readme.read_text()
     assert f"backbone **{backbone}**" in readme.read_text() and f"--block bound-{backbone}" in result["command"]
     assert "mean / 1st percentile / worst" in readme.read_text()
     # --from-json re-renders the same block and rows without sampling
@@ -230,3 +232,6 @@ def test_bound_samples_in_chunks_and_gives_the_oracle_each_chunks_labels(ckpts, 
     # the adaptive variants run with the checkpoint's recommended guards (no dense refresh here)
     assert {s.refresh_every for s in seen if s.mode == "adaptive"} == {0}
     assert {r["mode"] for r in result["rows"]} == {"gate", "gate + exact", "oracle gate", "oracle + exact", "cache"}
+    # where the MACs went is the mean over all images, whatever the chunks (sizes 2 and 1 here)
+    for r in result["rows"]:
+        assert sum(r["mac_composition"].values()) == pytest.approx(r["mac_ratio"])

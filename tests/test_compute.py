@@ -128,11 +128,30 @@ def test_to_dict_is_json_safe_and_correct(record):
     assert d["saved_fraction"] == pytest.approx(0.6125)
     assert d["macs_used_per_image"] == [180, 130]
     step1 = d["per_step"][1]
-    assert step1 == {"index": 1, "timestep": 749, "width": 1.0, "dense_fraction": 0.0,
+    assert step1 == {"index": 1, "timestep": 749, "width": 1.0, "scheduled": False, "dense_fraction": 0.0,
                      "active_fraction": pytest.approx((16 + 8) / 128), "macs_mean": 30.0}
     assert [s["dense_fraction"] for s in d["per_step"]] == [1.0, 0.0, 0.0, 0.0]
     assert [s["width"] for s in d["per_step"]] == WIDTHS
     assert d["exited_fraction"] == pytest.approx((128 - 16 - 1) / 128)
+
+
+def test_mac_composition_splits_the_macs_by_kind_of_pass():
+    # Per image, full compute is 300. Step 0: scheduled dense (100 each). Step 1: image 0 chose a
+    # dense pass (100), image 1 ran sparse (30). Step 2: both sparse (20 and 0: sat out).
+    steps = [StepRecord(0, 999, 1.0, True, np.ones((2, G, G), bool), np.array([100, 100]), scheduled=True),
+             StepRecord(1, 500, 1.0, np.array([True, False]), np.ones((2, G, G), bool), np.array([100, 30])),
+             StepRecord(2, 10, 1.0, False, np.ones((2, G, G), bool), np.array([20, 0]))]
+    rec = ComputeRecord.build(32, 4, steps, 300, None, "adaptive")
+    comp = rec.mac_composition()
+    assert comp == pytest.approx({"scheduled": 200 / 600, "chosen_dense": 100 / 600, "sparse": 50 / 600})
+    assert sum(comp.values()) == pytest.approx(1 - rec.saved_fraction)
+    assert rec.to_dict()["mac_composition"] == comp
+    assert [s["scheduled"] for s in rec.to_dict()["per_step"]] == [True, False, False]
+
+
+def test_step_record_rejects_a_non_bool_scheduled():
+    with pytest.raises(NitroGenInputError, match=r"step 0: scheduled=1 must be a bool"):
+        StepRecord(0, 999, 1.0, True, np.ones((1, G, G), bool), np.array([1]), scheduled=1)
 
 
 def test_summary_text(record):

@@ -672,3 +672,31 @@ def test_accumulate_recomputes_a_block_once_its_skips_add_up_to_tau(model, noise
     assert any(expected) and not all(expected)
     zero = sample(model, noise, labels, settings(**base, accumulate=0.0))
     assert torch.equal(zero.images, sample(model, noise, labels, settings(**base)).images)
+
+
+# -- the record says which dense steps were scheduled, and where the MACs went ------------------------
+
+def test_record_marks_scheduled_dense_steps_and_splits_the_macs(model, noise, labels, monkeypatch):
+    """Warm-up and refresh steps are marked scheduled; a gate wanting every block makes the other
+    steps dense by choice (dense_above); a gate wanting none leaves only the scheduled passes and
+    the gate calls. The composition sums to the MACs used."""
+    s = settings(steps=8, warmup=2, refresh_every=3, exit_patience=0, max_skips=100, dense_above=0.5)
+    expected = [True, True, True, False, False, True, False, False]      # 0, 1 warm-up; 2, 5 refresh
+    for value in (1e9, 0.0):
+        monkeypatch.setattr(model, "gate", ConstantGate(model.gate, value))
+        rec = sample(model, noise, labels, s).record
+        assert [st.scheduled for st in rec.steps] == expected
+        comp = rec.mac_composition()
+        assert sum(comp.values()) == pytest.approx(1 - rec.saved_fraction)
+        assert comp["scheduled"] == pytest.approx(4 / 8)                    # 4 dense steps of 8, whole
+        if value:
+            chosen = [st for st in rec.steps if not st.scheduled and st.dense.all()]
+            assert [st.index for st in chosen] == [3, 4, 6]
+            assert comp["chosen_dense"] == pytest.approx(sum(st.macs.mean() for st in chosen) / rec.macs_full)
+            assert comp["chosen_dense"] > 3 / 8                             # a whole pass plus the gate call, each
+            assert comp["sparse"] > 0 and comp["sparse"] == pytest.approx(rec.steps[7].macs.mean() / rec.macs_full)
+        else:
+            gate_share = model.gate.macs() / rec.macs_full                 # one gate call per unscheduled step
+            assert comp["chosen_dense"] == 0.0 and comp["sparse"] == pytest.approx(4 * gate_share)
+    full = sample(model, noise, labels, settings(steps=8, mode="full")).record
+    assert all(st.scheduled for st in full.steps) and full.mac_composition()["scheduled"] == pytest.approx(1.0)

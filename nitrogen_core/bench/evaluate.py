@@ -114,15 +114,18 @@ class Config:
 
 
 def sample_in_chunks(model, noise: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings,
-                     schedule=(1.0,), before_chunk=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                     schedule=(1.0,), before_chunk=None, after_chunk=None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Sample in calls of at most CHUNK images. Returns images (n, C, H, W), MACs used per image
-    (n,) float64 and full compute's MACs per image. `before_chunk(lo, hi)` runs before each call."""
+    (n,) float64 and full compute's MACs per image. `before_chunk(lo, hi)` runs before each call,
+    `after_chunk(record)` after it, with the call's ComputeRecord."""
     images, macs, macs_full = [], [], 0
     for lo in range(0, len(noise), CHUNK):
         hi = min(lo + CHUNK, len(noise))
         if before_chunk is not None:
             before_chunk(lo, hi)
         res = sample(model, noise[lo:hi], labels[lo:hi], settings, schedule)
+        if after_chunk is not None:
+            after_chunk(res.record)
         images.append(res.images)
         macs.append(torch.as_tensor(res.record.macs_used_per_image, dtype=torch.float64))
         macs_full = res.record.macs_full
