@@ -278,6 +278,7 @@ def cmd_generate(args) -> int:
         "macs_full": macs_full,
         "macs_used": macs_used,
         "saved_fraction": saved,
+        "mac_composition": record.mac_composition(),
         "seconds": seconds,
     }
     if args.json:

@@ -576,5 +576,10 @@ def summary_text(record: ComputeRecord) -> str:
     lines.append(f"active patches: {100 * d['active_fraction']:.1f}% per step on average, "
                  f"{dense_text} dense step(s) per image, "
                  f"{100 * d['exited_fraction']:.1f}% of patches exited")
+    if record.mode == "adaptive":
+        comp = d["mac_composition"]
+        lines.append(f"MACs by kind of pass, % of full compute: {100 * comp['scheduled']:.1f} scheduled dense "
+                     f"(warm-up, refresh), {100 * comp['chosen_dense']:.1f} dense by choice, "
+                     f"{100 * comp['sparse']:.1f} sparse and gate")
     lines.append(f"widths by step: {_run_lengths(record.widths)}")
     return "\n".join(lines)

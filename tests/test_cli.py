@@ -16,7 +16,7 @@ from nitrogen_core.checkpoint import read_header
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED_KEYS = {"macs_full", "macs_used", "seconds", "steps", "threshold", "out", "heatmap",
-                 "mode", "label", "seed", "batch", "budget", "saved_fraction"}
+                 "mode", "label", "seed", "batch", "budget", "saved_fraction", "mac_composition"}
 
 
 def run(*args, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -123,6 +123,7 @@ def test_generate_json(tiny_ckpt, tmp_path):
     assert data["steps"] == 3 and data["batch"] == 2 and data["seed"] == 7
     assert data["label"] == "Smile" and data["mode"] == "adaptive" and data["budget"] == 1.0
     assert data["saved_fraction"] == pytest.approx(1 - data["macs_used"] / data["macs_full"])
+    assert sum(data["mac_composition"].values()) == pytest.approx(1 - data["saved_fraction"], abs=1e-6)
     assert data["seconds"] >= 0
     assert Path(data["out"]) == out and Path(data["heatmap"]) == heat
     assert out.is_file() and heat.is_file()

@@ -161,6 +161,9 @@ def test_summary_text(record):
     assert "widths by step: 0.5 x1, 1 x3" in text
     assert "1 dense step(s)" in text
     assert "GMACs" in text
+    # the fixture's one dense step is not marked scheduled: its MACs are "dense by choice"
+    assert "MACs by kind of pass, % of full compute: 0.0 scheduled dense (warm-up, refresh), 25.0 dense by choice, " \
+           "13.8 sparse and gate" in text
 
 
 # ---------------------------------------------------------------------------------------------
