@@ -51,7 +51,8 @@ class NitroGenComputeMap:
     RETURN_TYPES = ("IMAGE", "STRING")
     RETURN_NAMES = ("heatmap", "stats")
     OUTPUT_TOOLTIPS = ("One heatmap per image, size x size px plus a legend panel on the right.",
-                       "MACs used and saved, active patches, exits and widths, as text.")
+                       "MACs used and saved, active patches, exits, MACs by kind of pass (scheduled dense, dense by "
+                       "choice, sparse) and widths, as text.")
 
     @classmethod
     def INPUT_TYPES(cls):
