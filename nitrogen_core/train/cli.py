@@ -135,6 +135,7 @@ def _check_calibration_arguments(args) -> None:
         if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise NitroGenInputError(f"{flag} {value} is out of range; allowed 0..1")
 
+
 def cmd_train_gate(args) -> int:
     from .student import GateSettings, retrain_gate
 
